@@ -1,0 +1,115 @@
+"""Model files: round trip, and refusal of anything that is not an intact SSAE model."""
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ssae.checkpoint import CARD_KEY, ModelCard, Threshold, load_model, read_model_card, save_model
+from ssae.errors import SSAEError
+from ssae.models import Architecture, build_model
+from ssae.postprocessing import PostprocessingSettings
+from ssae.preprocessing import PreprocessingSettings
+
+
+def _card(arch: Architecture) -> ModelCard:
+    return ModelCard(
+        architecture=arch,
+        preprocessing=PreprocessingSettings(size=arch.size),
+        postprocessing=PostprocessingSettings(),
+        aggregated_levels=[0, 1],
+        threshold=Threshold(0.123, "test threshold", 99.9, 1000),
+        training={"seed": 7},
+    )
+
+
+@pytest.fixture()
+def saved(tmp_path) -> tuple[Path, torch.nn.Module]:
+    arch = Architecture("dense", size=64, levels=3, base_filters=8, max_filters=16, latent_dim=8)
+    torch.manual_seed(1)
+    model = build_model(arch)
+    path = save_model(model, _card(arch), tmp_path / "model.safetensors")
+    return path, model
+
+
+def test_round_trip_keeps_weights_and_card(saved):
+    path, model = saved
+    loaded = load_model(path)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert loaded.card.threshold.value == 0.123
+    assert loaded.card.training["seed"] == 7
+    card = read_model_card(path)
+    assert card["architecture"]["levels"] == 3 and card["parameters"] > 0
+    assert len(card["layers"]) == 3 and "versions" in card
+
+
+def test_existing_file_is_not_overwritten(saved):
+    path, model = saved
+    before = path.read_bytes()
+    with pytest.raises(SSAEError, match="already exists"):
+        save_model(model, _card(Architecture("dense", size=64, levels=3, base_filters=8, max_filters=16, latent_dim=8)), path)
+    assert path.read_bytes() == before
+
+
+def test_a_modified_weight_byte_is_detected(saved):
+    path, _ = saved
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF  # a weight byte near the end of the file
+    path.write_bytes(bytes(data))
+    with pytest.raises(SSAEError, match="checksum"):
+        load_model(path)
+
+
+def test_truncated_file_is_refused(saved):
+    path, _ = saved
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(SSAEError, match="truncated|corrupt"):
+        load_model(path)
+
+
+def test_foreign_safetensors_file_is_refused(tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(3)}, str(path), metadata={"producer": "someone else"})
+    with pytest.raises(SSAEError, match="not an SSAE model"):
+        load_model(path)
+
+
+class _Exploit:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_pickle_checkpoint_is_refused_without_running_its_code(tmp_path):
+    marker = tmp_path / "code-was-executed"
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"state_dict": _Exploit(marker)}))
+    with pytest.raises(SSAEError):
+        load_model(path)
+    assert not marker.exists()
+
+
+def test_weights_of_another_architecture_are_refused(saved, tmp_path):
+    path, _ = saved
+    card = read_model_card(path)
+    card["architecture"]["latent_dim"] = 32  # card now disagrees with the weights
+    other = build_model(Architecture("dense", size=64, levels=3, base_filters=8, max_filters=16, latent_dim=8))
+    state = {k: v.contiguous() for k, v in other.state_dict().items()}
+    from ssae.checkpoint import weights_digest
+
+    card["weights_sha256"] = weights_digest(state)
+    forged = tmp_path / "forged.safetensors"
+    save_file(state, str(forged), metadata={CARD_KEY: json.dumps(card)})
+    with pytest.raises(SSAEError, match="do not fit the architecture"):
+        load_model(forged)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(SSAEError, match="not found"):
+        load_model(tmp_path / "nope.safetensors")

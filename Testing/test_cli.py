@@ -1,0 +1,141 @@
+"""The command line end to end: outputs, and a clear one-line refusal of every bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from ssae.checkpoint import ModelCard, Threshold, save_model
+from ssae.cli import main
+from ssae.models import Architecture, build_model
+from ssae.postprocessing import PostprocessingSettings
+from ssae.preprocessing import PreprocessingSettings
+
+
+@pytest.fixture(scope="module")
+def untrained_model(tmp_path_factory) -> Path:
+    """A valid model file with random weights: enough wherever the input is refused first."""
+    arch = Architecture("dense", size=64, levels=2, base_filters=8, max_filters=16, latent_dim=8)
+    card = ModelCard(arch, PreprocessingSettings(size=64), PostprocessingSettings(median_size=3), [0], Threshold(0.1, "test"))
+    torch.manual_seed(0)
+    return save_model(build_model(arch), card, tmp_path_factory.mktemp("untrained") / "model.safetensors")
+
+
+def _fails(capsys, argv, message):
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("ssae: error:") and message in err, err
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+def _write(array, path, spacing=None):
+    image = sitk.GetImageFromArray(array)
+    if spacing:
+        image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_detect_writes_maps_mask_and_summary_on_the_input_grid(tiny_model, small_cases, tmp_path, capsys):
+    image_path = small_cases / "patient19" / "flair.nii.gz"
+    out = tmp_path / "out"
+    assert main(["detect", str(tiny_model), str(image_path), "-o", str(out), "--format", "nrrd", "--figure", "--device", "cpu"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["flair_aggregated.nrrd", "flair_level0.nrrd", "flair_level1.nrrd", "flair_level2.nrrd", "flair_lesion_mask.nrrd", "flair_summary.json", "flair_figure.png"])
+    reference = sitk.ReadImage(str(image_path))
+    for name in names:
+        if name.endswith(".nrrd"):
+            output = sitk.ReadImage(str(out / name))
+            assert output.GetSize() == reference.GetSize()
+            assert np.allclose(output.GetOrigin(), reference.GetOrigin()) and np.allclose(output.GetDirection(), reference.GetDirection())
+    summary = json.loads((out / "flair_summary.json").read_text())
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "flair_lesion_mask.nrrd")))
+    assert summary["total_volume_ml"] == pytest.approx(mask.sum() * np.prod(reference.GetSpacing()) / 1000, rel=1e-6)
+    assert "lesion(s)" in capsys.readouterr().out
+    # A second run refuses to overwrite, and leaves the files as they were.
+    before = (out / "flair_summary.json").read_bytes()
+    _fails(capsys, ["detect", tiny_model, image_path, "-o", out, "--format", "nrrd", "--figure"], "already exists")
+    assert (out / "flair_summary.json").read_bytes() == before
+    assert main(["detect", str(tiny_model), str(image_path), "-o", str(out), "--format", "nrrd", "--overwrite", "--threshold", "0.5"]) == 0
+
+
+def test_info_and_evaluate(tiny_model, small_cases, tmp_path, capsys):
+    assert main(["info", str(tiny_model)]) == 0
+    text = capsys.readouterr().out
+    assert "dense SSAE 64 px, 3 levels" in text and "threshold" in text and "level 0 (64 px" in text
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(tiny_model), str(small_cases), "-o", str(out), "--device", "cpu"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["pooled"]) == {"aggregated", "level 0", "level 1", "level 2", "intensity baseline"}
+    for values in metrics["pooled"].values():
+        assert 0 < values["auprc"] <= 1 and 0 < values["best_dice"] <= 1
+    assert "dice_at_threshold" in metrics["pooled"]["aggregated"]
+    assert (out / "cases.csv").read_text().count("\n") == 3 and (out / "pr_curve.png").stat().st_size > 1000
+
+
+def test_bad_images_are_refused_with_one_line(untrained_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    rng = np.random.default_rng(0)
+    cases = {
+        "2D": (_write(rng.random((32, 32)).astype(np.float32), tmp_path / "flat.nii.gz"), "2D"),
+        "4D": (_write(rng.random((2, 8, 8, 8)).astype(np.float32), tmp_path / "four.nii.gz"), "components"),
+        "constant": (_write(np.ones((8, 8, 8), np.float32), tmp_path / "const.nii.gz"), "constant"),
+        "nan": (_write(np.where(rng.random((8, 8, 8)) > 0.5, np.nan, 1.0).astype(np.float32), tmp_path / "nan.mha"), "NaN"),
+        "missing": (tmp_path / "missing.nii.gz", "not found"),
+    }
+    garbage = tmp_path / "garbage.nii.gz"
+    garbage.write_bytes(b"this is not an image")
+    cases["unreadable"] = (garbage, "cannot read")
+    for path, message in cases.values():
+        _fails(capsys, ["detect", untrained_model, path, "-o", out], message)
+    assert not out.exists()
+
+
+def test_brain_mask_with_other_geometry_is_refused(untrained_model, small_cases, tmp_path, capsys):
+    image = sitk.ReadImage(str(small_cases / "patient07" / "flair.nii.gz"))
+    mask = sitk.Cast(image > 0, sitk.sitkUInt8)
+    mask.SetSpacing([s * 1.5 for s in image.GetSpacing()])
+    sitk.WriteImage(mask, str(tmp_path / "mask.nii.gz"))
+    _fails(capsys, ["detect", untrained_model, small_cases / "patient07" / "flair.nii.gz", "--brain-mask", tmp_path / "mask.nii.gz", "-o", tmp_path / "o"], "does not match")
+
+
+def test_bad_training_data_and_checkpoints(untrained_model, small_cases, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    _fails(capsys, ["train", tmp_path / "empty", "-o", tmp_path / "m.safetensors"], "no scans found")
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "patient07").symlink_to(small_cases / "patient07")
+    _fails(capsys, ["train", one, "-o", tmp_path / "m.safetensors"], "at least 2 subjects")
+    assert not (tmp_path / "m.safetensors").exists()
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(untrained_model.read_bytes()[:5000])
+    _fails(capsys, ["info", truncated], "not an SSAE model file")
+    _fails(capsys, ["detect", truncated, small_cases / "patient07" / "flair.nii.gz", "-o", tmp_path / "o"], "SSAE model")
+    _fails(capsys, ["train", small_cases, "-o", untrained_model], "already exists")
+
+
+def test_the_installed_command_exits_2_without_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "ssae.cli", "info", str(tmp_path / "none.safetensors")], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"ssae: error: model file not found: {tmp_path / 'none.safetensors'}"
+
+
+def test_demo_runs_on_the_shipped_model_and_data(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "FLAIR intensity baseline" in printed and "demo_figure.png" in printed
+    metrics = json.loads((out / "demo_metrics.json").read_text())
+    for entry in metrics.values():
+        assert 0 < entry["auprc"] <= 1 and 0 < entry["best_dice"] <= 1
+    truth = sitk.ReadImage(str(Path(__file__).resolve().parent.parent / "Resources/SampleData/MSLUB/patient19/consensus_gt.nii.gz"))
+    mask = sitk.ReadImage(str(out / "demo_lesion_mask.nii.gz"))
+    assert mask.GetSize() == truth.GetSize() and np.allclose(mask.GetOrigin(), truth.GetOrigin())
+    assert (out / "demo_figure.png").stat().st_size > 10000

@@ -1,0 +1,289 @@
+"""Finding scans on disk, and the cached slice stacks that training reads.
+
+A *case* is one scan: a FLAIR image, optionally a brain mask, optionally a lesion label. For
+training, lesion-labelled voxels (e.g. automatic WMH masks of elderly subjects) are left out of
+the loss; for evaluation, the lesion label is the ground truth.
+
+Layouts understood (file names matched case-insensitively):
+
+* a CSV manifest with columns ``image`` and optionally ``brain_mask``, ``label``, ``case``
+  (paths relative to the CSV file);
+* one folder per case holding ``*flair*`` (or the only image), ``*brainmask*``/``*brain_mask*``,
+  and a label named like ``*seg*``, ``*label*``, ``consensus_gt*``, ``*wmh*`` or ``*lesion*``
+  (MSLUB ``patientXX/FLAIR.nii.gz`` + ``consensus_gt.nii.gz``; BraTS ``*_flair.nii.gz`` +
+  ``*_seg.nii.gz``; one DICOM series folder per case works too);
+* a flat folder of images, with masks and labels beside them sharing the image's prefix
+  (``sub01_flair.nii.gz``, ``sub01_brainmask.nii.gz``, ``sub01_seg.nii.gz``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from .errors import SSAEError
+from .preprocessing import PreprocessingSettings, prepare_volume, resample_to_grid
+from .volume_io import VOLUME_SUFFIXES, read_mask, read_volume, volume_stem
+
+BRAIN_MASK_WORDS = ("brainmask", "brain_mask", "brain-mask", "mask")
+LABEL_WORDS = ("seg", "label", "consensus", "_gt", "gt_", "wmh", "lesion", "tumour", "tumor")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One scan and its optional brain mask and lesion label."""
+
+    name: str
+    image: Path
+    brain_mask: Path | None = None
+    label: Path | None = None
+
+
+def _is_volume(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def _is_dicom_folder(path: Path) -> bool:
+    return path.is_dir() and any(p.suffix.lower() == ".dcm" for p in path.iterdir())
+
+
+def _role(name: str) -> str:
+    lower = name.lower()
+    if any(word in lower for word in LABEL_WORDS):
+        return "label"
+    if any(word in lower for word in BRAIN_MASK_WORDS):
+        return "brain_mask"
+    return "image"
+
+
+def _case_from_folder(folder: Path) -> Case | None:
+    if _is_dicom_folder(folder):
+        return Case(name=folder.name, image=folder)
+    files = sorted(p for p in folder.iterdir() if _is_volume(p))
+    by_role: dict[str, list[Path]] = {"image": [], "brain_mask": [], "label": []}
+    for path in files:
+        by_role[_role(path.name)].append(path)
+    images = by_role["image"]
+    flair = [p for p in images if "flair" in p.name.lower()]
+    if len(flair) == 1:
+        image = flair[0]
+    elif len(images) == 1:
+        image = images[0]
+    elif not images:
+        return None
+    else:
+        raise SSAEError(f"{folder}: cannot tell which of {', '.join(p.name for p in images)} is the FLAIR image; name it *flair* or use a CSV manifest")
+    return Case(
+        name=folder.name,
+        image=image,
+        brain_mask=_single(by_role["brain_mask"], folder, "brain mask"),
+        label=_single(by_role["label"], folder, "lesion label"),
+    )
+
+
+def _single(paths: list[Path], folder: Path, what: str) -> Path | None:
+    if len(paths) > 1:
+        raise SSAEError(f"{folder}: more than one {what} ({', '.join(p.name for p in paths)}); use a CSV manifest")
+    return paths[0] if paths else None
+
+
+def _cases_from_flat_folder(folder: Path) -> list[Case]:
+    files = sorted(p for p in folder.iterdir() if _is_volume(p))
+    images = [p for p in files if _role(p.name) == "image"]
+    cases = []
+    for image in images:
+        stem = volume_stem(image)
+        prefix = stem.lower().removesuffix("_flair").removesuffix("-flair")
+        siblings = [p for p in files if p != image and volume_stem(p).lower().startswith(prefix)]
+        masks = [p for p in siblings if _role(p.name) == "brain_mask"]
+        labels = [p for p in siblings if _role(p.name) == "label"]
+        cases.append(Case(name=prefix, image=image, brain_mask=_single(masks, folder, "brain mask"), label=_single(labels, folder, "lesion label")))
+    return cases
+
+
+def _cases_from_csv(manifest: Path) -> list[Case]:
+    base = manifest.parent
+    with manifest.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "image" not in rows[0]:
+        raise SSAEError(f"{manifest} needs a header row with an 'image' column (optional: brain_mask, label, case)")
+
+    def resolve(value: str | None) -> Path | None:
+        return (base / value).resolve() if value else None
+
+    cases = []
+    for row in rows:
+        image = resolve(row["image"])
+        assert image is not None
+        cases.append(Case(name=row.get("case") or volume_stem(image), image=image, brain_mask=resolve(row.get("brain_mask")), label=resolve(row.get("label"))))
+    return cases
+
+
+def find_cases(source: str | os.PathLike[str], masks_folder: str | os.PathLike[str] | None = None) -> list[Case]:
+    """Every case under ``source`` (folder or CSV manifest), sorted by name.
+
+    ``masks_folder`` supplies brain masks from elsewhere (e.g. exported from another Slicer
+    module): a file or subfolder whose name starts with the case name.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise SSAEError(f"data not found: {source}")
+    if source.is_file():
+        if source.suffix.lower() != ".csv":
+            raise SSAEError(f"{source} is a file; give a folder of scans or a CSV manifest")
+        cases = _cases_from_csv(source)
+    else:
+        subfolders = sorted(p for p in source.iterdir() if p.is_dir())
+        cases = [c for c in (_case_from_folder(p) for p in subfolders) if c is not None]
+        cases += _cases_from_flat_folder(source)
+    if not cases:
+        raise SSAEError(f"no scans found in {source}")
+    names = [c.name for c in cases]
+    if len(set(names)) != len(names):
+        raise SSAEError(f"{source}: two scans share a case name; use a CSV manifest with a 'case' column")
+    if masks_folder is not None:
+        cases = [_with_external_mask(c, Path(masks_folder)) for c in cases]
+    return sorted(cases, key=lambda c: c.name)
+
+
+def _with_external_mask(case: Case, folder: Path) -> Case:
+    if not folder.is_dir():
+        raise SSAEError(f"brain mask folder not found: {folder}")
+    candidates = [p for p in sorted(folder.iterdir()) if p.name.lower().startswith(case.name.lower())]
+    masks = [p for p in candidates if _is_volume(p)] + [m for p in candidates if p.is_dir() for m in sorted(p.iterdir()) if _is_volume(m)]
+    if not masks:
+        raise SSAEError(f"no brain mask for {case.name} in {folder}")
+    if len(masks) > 1:
+        raise SSAEError(f"several brain masks for {case.name} in {folder}: {', '.join(p.name for p in masks)}")
+    return Case(name=case.name, image=case.image, brain_mask=masks[0], label=case.label)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class SliceStack:
+    """Preprocessed training slices of many subjects (memory-mapped from the cache)."""
+
+    slices: np.ndarray  # [N, size, size] float32
+    brain: np.ndarray  # [N, size, size] uint8
+    loss_mask: np.ndarray  # [N, size, size] uint8: 1 = voxel counts in the loss
+    subject: np.ndarray  # [N] int index into ``subjects``
+    subjects: list[str]
+    volume_ranges: dict[str, tuple[int, int]]  # subject -> [start, stop) rows (one volume)
+    key: str
+    excluded_voxels: int
+
+    def rows_of(self, names: list[str]) -> np.ndarray:
+        return np.concatenate([np.arange(*self.volume_ranges[n]) for n in names]) if names else np.zeros(0, int)
+
+
+def cache_key(cases: list[Case], settings: PreprocessingSettings) -> str:
+    parts = {"settings": settings.to_dict(), "cases": [], "version": 1}
+    for case in cases:
+        parts["cases"].append(
+            {
+                "name": case.name,
+                **{role: _file_digest(p) if p else None for role, p in (("image", case.image), ("brain_mask", case.brain_mask), ("label", case.label))},
+            }
+        )
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SSAE_CACHE_DIR", Path.home() / ".cache" / "ssae"))
+
+
+def load_slice_stack(
+    cases: list[Case],
+    settings: PreprocessingSettings,
+    cache_dir: Path | None = None,
+    log=print,
+) -> SliceStack:
+    """Preprocess every case once and memory-map the result on later calls.
+
+    The cache is keyed by the SHA-256 of every input file and the preprocessing settings, so
+    editing a scan or changing the input size builds a new cache instead of reusing a stale one.
+    """
+    key = cache_key(cases, settings)
+    folder = Path(cache_dir or default_cache_dir()) / "slices" / key
+    if not (folder / "meta.json").exists():
+        _build_cache(cases, settings, folder, log)
+    else:
+        log(f"using cached slices {folder}")
+    meta = json.loads((folder / "meta.json").read_text())
+    arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("slices", "brain", "loss_mask", "subject")}
+    return SliceStack(
+        slices=arrays["slices"],
+        brain=arrays["brain"],
+        loss_mask=arrays["loss_mask"],
+        subject=arrays["subject"],
+        subjects=meta["subjects"],
+        volume_ranges={k: tuple(v) for k, v in meta["volume_ranges"].items()},
+        key=key,
+        excluded_voxels=meta["excluded_voxels"],
+    )
+
+
+def _build_cache(cases: list[Case], settings: PreprocessingSettings, folder: Path, log) -> None:
+    slices, brains, loss_masks, subject, ranges = [], [], [], [], {}
+    excluded = 0
+    row = 0
+    for index, case in enumerate(cases):
+        log(f"preprocessing {case.name} ({index + 1}/{len(cases)})")
+        image = read_volume(case.image, f"image of {case.name}")
+        brain_mask = read_mask(case.brain_mask, image, f"brain mask of {case.name}") if case.brain_mask else None
+        prepared = prepare_volume(image, settings, brain_mask)
+        keep = np.ones_like(prepared.brain)
+        if case.label is not None:
+            lesion = resample_to_grid(read_mask(case.label, image, f"lesion label of {case.name}"), prepared.grid, label=True)
+            lesion = ndimage.binary_dilation(lesion, structure=ndimage.generate_binary_structure(3, 1)) if lesion.any() else lesion
+            keep = ~lesion
+            excluded += int((lesion & prepared.brain).sum())
+        slices.append(prepared.slices)
+        brains.append(prepared.brain.astype(np.uint8))
+        loss_masks.append(keep.astype(np.uint8))
+        subject.append(np.full(len(prepared.slices), index, np.int32))
+        ranges[case.name] = (row, row + len(prepared.slices))
+        row += len(prepared.slices)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        for name, parts in (("slices", slices), ("brain", brains), ("loss_mask", loss_masks), ("subject", subject)):
+            np.save(tmp / f"{name}.npy", np.concatenate(parts))
+        meta = {"subjects": [c.name for c in cases], "volume_ranges": ranges, "excluded_voxels": excluded, "settings": settings.to_dict()}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process built the same cache meanwhile
+            if not (folder / "meta.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_case_volumes(case: Case, need_label: bool = False) -> tuple[sitk.Image, sitk.Image | None, sitk.Image | None]:
+    """Image, brain mask and lesion label of a case, geometry-checked."""
+    image = read_volume(case.image, f"image of {case.name}")
+    brain = read_mask(case.brain_mask, image, f"brain mask of {case.name}") if case.brain_mask else None
+    if need_label and case.label is None:
+        raise SSAEError(f"case {case.name} has no lesion label (expected e.g. consensus_gt, *_seg or a 'label' column)")
+    label = read_mask(case.label, image, f"lesion label of {case.name}") if case.label else None
+    return image, brain, label
