@@ -18,6 +18,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "Resources" / "SampleData" / "MSLUB"
 sys.path.insert(0, str(REPO))
+for module in ("SSAEAnomaly", "SSAETraining"):  # the Slicer modules' Lib packages, as Slicer's path has them
+    sys.path.insert(0, str(REPO / module))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -73,6 +73,7 @@ def _build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--no-scales", action="store_true", help="write only the aggregated map and the mask")
     detect.add_argument("--figure", action="store_true", help="also write a PNG panel of the most anomalous slices")
     detect.add_argument("--batch-size", type=int, help="slices per forward pass (default: chosen for the device)")
+    detect.add_argument("--progress-log", type=Path, help="append JSON-lines progress events (fraction, message) to this file")
     detect.add_argument("--overwrite", action="store_true", help="replace existing result files")
     _add_device(detect)
 
@@ -145,6 +146,7 @@ def _detect(args: argparse.Namespace) -> None:
     from .detection import Detector
     from .detection_files import detection_summary, output_paths, write_detection
     from .figures import detection_figure
+    from .progress import ProgressLog
     from .volume_io import read_mask, read_volume, refuse_existing, volume_stem
 
     detector = Detector.from_file(args.model, args.device, args.batch_size)
@@ -156,12 +158,17 @@ def _detect(args: argparse.Namespace) -> None:
     refuse_existing(planned, args.overwrite)  # before spending time on detection
     image = read_volume(args.image)
     mask = read_mask(args.brain_mask, image, "brain mask") if args.brain_mask else None
-    result = detector.detect(image, mask, threshold=args.threshold, scales=not args.no_scales)
+    progress = ProgressLog(args.progress_log) if args.progress_log else None
+    report = (lambda fraction, message: progress.event("progress", fraction=round(fraction, 4), message=message)) if progress else None
+    result = detector.detect(image, mask, threshold=args.threshold, scales=not args.no_scales, progress=report)
     method = detector.card.threshold.method if args.threshold is None else "given on the command line"
     summary = detection_summary(result, str(args.image), detector.card.architecture.name, method)
     paths = write_detection(result, args.output_dir, stem, args.format, summary, args.overwrite)
     if args.figure:
         paths["figure"] = detection_figure(result, args.output_dir / f"{stem}_figure.png", f"{detector.card.architecture.name}: {args.image.name}", overwrite=args.overwrite)
+    if progress:
+        progress.event("done", files={name: str(path) for name, path in paths.items()})
+        progress.close()
     stats = result.statistics
     print(f"{stats.count} lesion(s), {stats.total_ml:.2f} ml at threshold {result.threshold:.4g}")
     for name, path in paths.items():

@@ -25,7 +25,7 @@ from .checkpoint import ModelCard, load_model
 from .devices import inference_batch_size, resolve_device
 from .errors import SSAEError
 from .models import ScaleSpaceAutoencoder
-from .postprocessing import LesionStatistics, anomaly_score, eroded_brain, threshold_mask
+from .postprocessing import LesionStatistics, anomaly_score, eroded_brain, label_lesions, lesion_mask, lesion_statistics
 from .preprocessing import PreparedVolume, prepare_volume, to_input_grid
 from .pyramid import decompose, upsample
 
@@ -164,7 +164,8 @@ class Detector:
 
         t0 = time.perf_counter()
         chosen = self.card.threshold.value if threshold is None else float(threshold)
-        mask, statistics = threshold_mask(aggregated, chosen, post.min_lesion_mm3)
+        labels = label_lesions(aggregated, chosen, post.min_lesion_mm3)
+        mask, statistics = lesion_mask(labels), lesion_statistics(labels)
         timings["mask_s"] = time.perf_counter() - t0
         report(1.0, "done")
         return DetectionResult(

@@ -136,18 +136,26 @@ class LesionStatistics:
         return {"lesion_count": self.count, "total_volume_ml": self.total_ml, "lesion_volumes_ml": self.component_ml}
 
 
-def threshold_mask(score: sitk.Image, threshold: float, min_lesion_mm3: float) -> tuple[sitk.Image, LesionStatistics]:
-    """``score > threshold`` without components smaller than ``min_lesion_mm3``, and its lesions.
+def label_lesions(score: sitk.Image, threshold: float, min_lesion_mm3: float) -> sitk.Image:
+    """Connected lesions of ``score > threshold`` (26-connected), labelled 1..n largest first.
 
-    Components are 26-connected (one labelling pass serves both the size filter and the counts).
+    Components smaller than ``min_lesion_mm3`` are dropped.
     """
     components = sitk.ConnectedComponent(sitk.Cast(score > threshold, sitk.sitkUInt8), True)
     min_voxels = int(np.ceil(min_lesion_mm3 / voxel_volume_mm3(score))) if min_lesion_mm3 > 0 else 0
-    relabelled = sitk.RelabelComponent(components, minimumObjectSize=min_voxels)
-    labels = sitk.GetArrayViewFromImage(relabelled)
-    mask = sitk.Cast(relabelled > 0, sitk.sitkUInt8)
-    mask.CopyInformation(score)
-    ml = voxel_volume_mm3(score) / 1000.0
-    volumes = [float(c) * ml for c in np.bincount(labels.ravel())[1:] if c > 0]  # sorted largest first
-    return mask, LesionStatistics(count=len(volumes), total_ml=float(sum(volumes)), component_ml=volumes)
+    labels = sitk.RelabelComponent(components, minimumObjectSize=min_voxels, sortByObjectSize=True)
+    labels.CopyInformation(score)
+    return labels
 
+
+def lesion_statistics(labels: sitk.Image) -> LesionStatistics:
+    """Count and volumes of the lesions of a :func:`label_lesions` image."""
+    ml = voxel_volume_mm3(labels) / 1000.0
+    volumes = [float(c) * ml for c in np.bincount(sitk.GetArrayViewFromImage(labels).ravel())[1:] if c > 0]
+    return LesionStatistics(count=len(volumes), total_ml=float(sum(volumes)), component_ml=volumes)
+
+
+def lesion_mask(labels: sitk.Image) -> sitk.Image:
+    mask = sitk.Cast(labels > 0, sitk.sitkUInt8)
+    mask.CopyInformation(labels)
+    return mask

@@ -1,0 +1,153 @@
+"""Detection results as proper Slicer citizens.
+
+* one float volume per map (``<input> anomaly aggregated``, ``<input> anomaly level 0``, ...)
+  on the input's grid, shown with a heat colour map that is transparent below the map's
+  threshold;
+* one segmentation with one named, coloured segment per map (the map above its threshold),
+  tagged with the terminology entry for a lesion;
+* a table of the connected lesions of the map that drives the mask (volume in ml, voxels,
+  centroid in RAS).
+
+Moving the threshold recomputes only the affected segment and the table from the stored score
+volume (no model run), so it stays interactive on full volumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+import slicer
+import vtk
+
+from ssae.postprocessing import LesionStatistics, label_lesions, lesion_statistics
+
+from .volumes import array_from_volume_node, image_from_volume_node, update_volume_node_from_array, update_volume_node_from_image
+
+HEAT_COLORMAP = "vtkMRMLColorTableNodeIron"
+LESION_TERMINOLOGY = (
+    "Segmentation category and type - 3D Slicer General Anatomy list"
+    "~SCT^49755003^Morphologically Altered Structure~SCT^52988006^Lesion~^^"
+    "~Anatomic codes - DICOM master list~^^~^^"
+)
+SEGMENT_COLORS = {
+    "aggregated": (0.90, 0.10, 0.10),
+    "level0": (1.00, 0.85, 0.10),
+    "level1": (0.20, 0.80, 0.20),
+    "level2": (0.10, 0.75, 0.90),
+    "level3": (0.30, 0.35, 1.00),
+    "level4": (0.80, 0.30, 0.90),
+}
+
+
+def map_title(map_name: str, level_sizes: dict[str, int] | None = None) -> str:
+    """``aggregated`` -> ``aggregated``; ``level1`` -> ``level 1 (128 px)``."""
+    if map_name == "aggregated":
+        return "aggregated"
+    level = int(map_name[5:])
+    size = (level_sizes or {}).get(map_name)
+    return f"level {level} ({size} px)" if size else f"level {level}"
+
+
+def segment_name(map_name: str, level_sizes: dict[str, int] | None = None) -> str:
+    return f"Anomaly {map_title(map_name, level_sizes)}"
+
+
+def add_score_volume(scene, reference, image: sitk.Image, name: str, threshold: float):
+    """A float volume node for one score map, styled as a heat overlay."""
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
+    update_volume_node_from_image(node, image)
+    node.CreateDefaultDisplayNodes()
+    style_score_volume(node, threshold)
+    if reference is not None:
+        node.SetAttribute("SSAE.input", reference.GetID())
+    return node
+
+
+def style_score_volume(node, threshold: float) -> None:
+    """Heat colours from 0 to the map's high end; transparent below the threshold."""
+    display = node.GetDisplayNode()
+    values = array_from_volume_node(node)
+    top = float(values.max()) if values.size else 1.0
+    display.SetAndObserveColorNodeID(HEAT_COLORMAP)
+    display.SetAutoWindowLevel(False)
+    display.SetWindowLevelMinMax(0.0, max(top, threshold * 1.5, 1e-6))
+    display.SetApplyThreshold(True)
+    display.SetLowerThreshold(threshold)
+    display.SetUpperThreshold(max(top, threshold) + 1.0)
+
+
+def add_lesion_segmentation(scene, reference, name: str):
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+    return node
+
+
+def segment_id_of(map_name: str) -> str:
+    return f"SSAE_{map_name}"
+
+
+def ensure_segment(segmentation_node, map_name: str, title: str) -> str:
+    """ID of the segment for ``map_name`` (created, named and coloured on first use)."""
+    segmentation = segmentation_node.GetSegmentation()
+    segment_id = segment_id_of(map_name)
+    if segmentation.GetSegment(segment_id) is None:
+        segmentation.AddEmptySegment(segment_id, title, SEGMENT_COLORS.get(map_name, (1.0, 0.5, 0.0)))
+        segment = segmentation.GetSegment(segment_id)
+        segment.SetTag(segment.GetTerminologyEntryTagName(), LESION_TERMINOLOGY)
+    return segment_id
+
+
+@dataclass
+class LesionRows:
+    """The connected lesions of a mask: table rows and totals."""
+
+    statistics: LesionStatistics
+    voxels: list[int]
+    centroids_ras: list[tuple[float, float, float]]
+
+
+def update_segment(segmentation_node, segment_id: str, score_node, threshold: float, min_lesion_mm3: float) -> LesionRows:
+    """Set the segment to ``score > threshold`` (small components removed); return its lesions."""
+    labels = label_lesions(image_from_volume_node(score_node), threshold, min_lesion_mm3)
+    labelmap = slicer.vtkMRMLLabelMapVolumeNode()
+    labelmap.CopyOrientation(score_node)
+    update_volume_node_from_array(labelmap, (sitk.GetArrayViewFromImage(labels) > 0).astype(np.uint8))
+    oriented = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(labelmap)
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        oriented, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
+    )
+    return _lesion_rows(labels)
+
+
+def _lesion_rows(labels: sitk.Image) -> LesionRows:
+    shape = sitk.LabelShapeStatisticsImageFilter()
+    shape.Execute(labels)
+    voxels, centroids = [], []
+    for label in shape.GetLabels():
+        voxels.append(int(shape.GetNumberOfPixels(label)))
+        x, y, z = shape.GetCentroid(label)  # LPS mm
+        centroids.append((-x, -y, z))
+    return LesionRows(statistics=lesion_statistics(labels), voxels=voxels, centroids_ras=centroids)
+
+
+def fill_lesion_table(table_node, rows: LesionRows) -> None:
+    """One row per lesion, largest first: volume (ml), voxels, centroid R, A, S (mm)."""
+    table = vtk.vtkTable()
+    columns = [("Lesion", vtk.vtkIntArray), ("Volume (ml)", vtk.vtkDoubleArray), ("Voxels", vtk.vtkIntArray)]
+    columns += [(f"Centroid {axis} (mm)", vtk.vtkDoubleArray) for axis in "RAS"]
+    arrays = []
+    for title, kind in columns:
+        array = kind()
+        array.SetName(title)
+        table.AddColumn(array)
+        arrays.append(array)
+    for index, (ml, voxels, centroid) in enumerate(zip(rows.statistics.component_ml, rows.voxels, rows.centroids_ras)):
+        values = [index + 1, ml, voxels, *centroid]
+        for array, value in zip(arrays, values):
+            array.InsertNextValue(value)
+    table_node.SetAndObserveTable(table)
+    table_node.SetAttribute("SSAE.lesionCount", str(rows.statistics.count))
+    table_node.SetAttribute("SSAE.totalVolumeMl", repr(rows.statistics.total_ml))

@@ -1,0 +1,207 @@
+"""SSAE Training: train a scale-space (or plain) autoencoder on healthy scans from 3D Slicer.
+
+Training runs as a separate ``ssae train`` process, so Slicer stays responsive; the panel
+follows the engine's JSON-lines progress log (level, epoch, losses, ETA), shows the log, and
+Cancel ends the process tree after the engine has saved its resume state.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import qt
+import slicer
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+
+
+def _make_engine_importable() -> None:
+    """In a source checkout the ``ssae`` package and SSAEAnomaly sit beside this module's folder."""
+    root = Path(__file__).resolve().parent.parent
+    for folder in (root, root / "SSAEAnomaly"):
+        if folder.is_dir() and str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+
+
+_make_engine_importable()
+
+from SSAEAnomalyLib.dependencies import device_description, ensure_engine_dependencies  # noqa: E402
+from SSAETrainingLib import TrainingRequest, load_request, parameter_node, save_request, start_training  # noqa: E402
+
+VARIANTS = ("dense", "spatial", "vae")
+SIZES = ("64", "128", "256")
+DEVICES = ("auto", "cpu", "cuda")
+POLL_MS = 500
+
+
+class SSAETraining(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "SSAE Training"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = ["SSAEAnomaly"]
+        self.parent.contributors = ["SSAE for 3D Slicer contributors"]
+        self.parent.helpText = (
+            "Train a Scale-Space Autoencoder on a folder of healthy FLAIR scans in a background process "
+            "(progress, log, cancel and resume), then use the model in SSAE Anomaly."
+        )
+        self.parent.acknowledgementText = "Method: Baur et al., MICCAI 2020."
+
+
+class SSAETrainingWidget(ScriptedLoadableModuleWidget):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        self.job = None
+        self.lastModel = ""
+        self.timer = qt.QTimer()
+        self.timer.setInterval(POLL_MS)
+        self.timer.connect("timeout()", self.onPoll)
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/SSAETraining.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui.variantComboBox.addItems(list(VARIANTS))
+        self.ui.sizeComboBox.addItems(list(SIZES))
+        self.ui.deviceComboBox.addItems(list(DEVICES))
+        self.ui.deviceLabel.text = device_description()
+        self.ui.progressBar.hide()
+        self.ui.cancelButton.hide()
+        self.ui.trainButton.connect("clicked(bool)", self.onTrain)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.useModelButton.connect("clicked(bool)", self.onUseModel)
+        self.showRequest(load_request(parameter_node(slicer.mrmlScene)))
+
+    def cleanup(self):
+        self.onCancel()
+
+    def showRequest(self, request: TrainingRequest):
+        self.ui.dataFolderLineEdit.currentPath = request.data_folder
+        self.ui.brainMasksFolderLineEdit.currentPath = request.brain_masks_folder
+        self.ui.variantComboBox.currentIndex = max(0, self.ui.variantComboBox.findText(request.variant))
+        self.ui.levelsSpinBox.value = request.levels
+        self.ui.sizeComboBox.currentIndex = max(0, self.ui.sizeComboBox.findText(str(request.size)))
+        self.ui.epochsSpinBox.value = request.epochs
+        self.ui.patienceSpinBox.value = request.patience
+        self.ui.batchSizeSpinBox.value = request.batch_size
+        self.ui.deviceComboBox.currentIndex = max(0, self.ui.deviceComboBox.findText(request.device))
+        self.ui.outputPathLineEdit.currentPath = request.output
+
+    def currentRequest(self) -> TrainingRequest:
+        return TrainingRequest(
+            data_folder=self.ui.dataFolderLineEdit.currentPath,
+            output=self.ui.outputPathLineEdit.currentPath,
+            brain_masks_folder=self.ui.brainMasksFolderLineEdit.currentPath,
+            variant=self.ui.variantComboBox.currentText,
+            size=int(self.ui.sizeComboBox.currentText),
+            levels=self.ui.levelsSpinBox.value,
+            epochs=self.ui.epochsSpinBox.value,
+            patience=self.ui.patienceSpinBox.value,
+            batch_size=self.ui.batchSizeSpinBox.value,
+            device=self.ui.deviceComboBox.currentText,
+            resume=self.ui.resumeCheckBox.checked,
+            overwrite=self.ui.overwriteCheckBox.checked,
+        )
+
+    def onTrain(self):
+        request = self.currentRequest()
+        save_request(parameter_node(slicer.mrmlScene), replace(request, resume=False, overwrite=False))
+        if not ensure_engine_dependencies():
+            return
+        with slicer.util.tryWithErrorDisplay("Cannot start training.", waitCursor=True):
+            self.job = start_training(request, python=shutil.which("PythonSlicer") or sys.executable)
+            self.ui.logTextEdit.clear()
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.show()
+            self.ui.cancelButton.show()
+            self.ui.trainButton.enabled = False
+            self.ui.useModelButton.enabled = False
+            self.ui.statusLabel.text = "Starting..."
+            self.timer.start()
+
+    def onPoll(self):
+        if self.job is None:
+            return
+        for line in self.job.command.new_lines():
+            self.ui.logTextEdit.appendPlainText(line)
+        code = self.job.poll()
+        progress = self.job.progress
+        self.ui.progressBar.value = int(100 * progress.fraction)
+        eta = f" (at most {int(progress.eta_s // 60)} min left)" if progress.eta_s else ""
+        self.ui.statusLabel.text = progress.status + eta
+        if code is None:
+            return
+        self.timer.stop()
+        for line in self.job.command.new_lines():
+            self.ui.logTextEdit.appendPlainText(line)
+        self.ui.progressBar.hide()
+        self.ui.cancelButton.hide()
+        self.ui.trainButton.enabled = True
+        if code == 0 and progress.model:
+            self.ui.useModelButton.enabled = True
+            self.ui.statusLabel.text = f"Done: {progress.model}"
+        elif code == 130:
+            self.ui.statusLabel.text = "Stopped. Tick 'Resume' and click Train to continue this run."
+        else:
+            self.ui.statusLabel.text = f"Training failed (exit code {code}): {progress.status}. See the log."
+        shutil.rmtree(self.job.progress_log.parent, ignore_errors=True)
+        self.lastModel = progress.model
+        self.job = None
+
+    def onCancel(self):
+        if self.job is not None and self.job.command.running:
+            self.ui.statusLabel.text = "Stopping (saving the resume state)..."
+            slicer.app.processEvents()
+            self.job.command.cancel()
+            self.onPoll()
+
+    def onUseModel(self):
+        from SSAEAnomalyLib import AnomalyParameters
+
+        AnomalyParameters.of_scene(slicer.mrmlScene).model_path = self.lastModel
+        slicer.util.selectModule("SSAEAnomaly")
+
+
+class SSAETrainingLogic(ScriptedLoadableModuleLogic):
+    """Training is the engine's job; see ``SSAETrainingLib.start_training``."""
+
+
+class SSAETrainingTest(ScriptedLoadableModuleTest):
+    """Trains a tiny model on the shipped MSLUB sample in a background process, inside Slicer."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear(0)
+
+    def runTest(self):
+        self.setUp()
+        self.test_train_cancel_resume()
+
+    def test_train_cancel_resume(self):
+        from ssae.background import wait_for
+        from ssae.checkpoint import read_model_card
+        from ssae.resources import sample_case_dir
+
+        self.delayDisplay("Training a tiny model in the background")
+        folder = Path(tempfile.mkdtemp())
+        request = TrainingRequest(
+            data_folder=str(sample_case_dir().parent), output=str(folder / "tiny.safetensors"),
+            size=64, levels=2, epochs=2, patience=2, batch_size=8, device="cpu",
+        )
+        python = shutil.which("PythonSlicer") or sys.executable
+        job = start_training(request, python=python)
+        self.assertEqual(wait_for(job.command, timeout_s=900), 0)
+        job.poll()
+        self.assertTrue(job.progress.finished and not job.progress.failed)
+        self.assertEqual(read_model_card(folder / "tiny.safetensors")["architecture"]["levels"], 2)
+        shutil.rmtree(folder)
+        self.delayDisplay("Test passed")

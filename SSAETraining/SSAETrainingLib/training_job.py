@@ -1,0 +1,139 @@
+"""A training run as the SSAETraining module sees it: options -> ``ssae train`` -> progress.
+
+The module never trains inside Slicer's process: it starts ``ssae train`` in the background
+(:class:`ssae.background.BackgroundCommand`) and turns the engine's JSON-lines progress events
+into a progress fraction and a status line.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ssae.background import BackgroundCommand
+from ssae.errors import SSAEError
+from ssae.models import VARIANTS
+
+
+@dataclass
+class TrainingRequest:
+    """What the user chose in the panel; :meth:`arguments` is the matching ``ssae train`` call."""
+
+    data_folder: str
+    output: str
+    brain_masks_folder: str = ""
+    variant: str = "dense"
+    size: int = 128
+    levels: int = 3
+    epochs: int = 60
+    patience: int = 6
+    batch_size: int = 8
+    device: str = "auto"
+    resume: bool = False
+    overwrite: bool = False
+
+    def check(self) -> None:
+        if not self.data_folder or not Path(self.data_folder).is_dir():
+            raise SSAEError("choose the folder of healthy scans")
+        if not self.output:
+            raise SSAEError("choose where to write the model file")
+        if not self.output.endswith(".safetensors"):
+            raise SSAEError("model files end with .safetensors")
+        if self.brain_masks_folder and not Path(self.brain_masks_folder).is_dir():
+            raise SSAEError(f"brain mask folder not found: {self.brain_masks_folder}")
+        if self.variant not in VARIANTS:
+            raise SSAEError(f"unknown model type {self.variant!r}")
+        if Path(self.output).exists() and not (self.overwrite or self.resume):
+            raise SSAEError(f"{self.output} already exists; allow replacing it or choose another file")
+
+    def arguments(self, progress_log: Path) -> list[str]:
+        args = [
+            "train", self.data_folder, "-o", self.output, "--variant", self.variant, "--size", str(self.size),
+            "--levels", str(self.levels), "--epochs", str(self.epochs), "--patience", str(self.patience),
+            "--batch-size", str(self.batch_size), "--device", self.device, "--progress-log", str(progress_log), "--quiet",
+        ]
+        if self.brain_masks_folder:
+            args += ["--brain-masks", self.brain_masks_folder]
+        if self.resume:
+            args.append("--resume")
+        if self.overwrite:
+            args.append("--overwrite")
+        return args
+
+
+@dataclass
+class TrainingProgress:
+    """Running summary of the progress events of one run."""
+
+    levels: int = 1
+    max_epochs: int = 1
+    fraction: float = 0.0
+    status: str = "starting"
+    eta_s: float | None = None
+    finished: bool = False
+    failed: bool = False
+    model: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def update(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "start":
+            self.levels, self.max_epochs = int(event["levels"]), int(event["max_epochs"])
+            self.status = (
+                f"training {event['model']} on {event['train_slices']} slices of {event['train_subjects']} subjects "
+                f"({event['val_subjects']} held out), {event['device']}"
+            )
+        elif kind == "step":
+            within = (event["epoch"] + event["step"] / max(event["steps"], 1)) / self.max_epochs
+            self._at(event["level"], within)
+            self.eta_s = event.get("eta_s")
+            self.status = f"level {event['level']}, epoch {event['epoch'] + 1}: loss {event['loss']:.5f}"
+        elif kind == "epoch":
+            self._at(event["level"], event["epoch"] / self.max_epochs)
+            self.eta_s = event.get("eta_s")
+            self.history.append(event)
+            self.status = (
+                f"level {event['level']}, epoch {event['epoch']}: train {event['train_loss']:.5f}, "
+                f"validation {event['val_loss']:.5f} (best {event['best_val_loss']:.5f})"
+            )
+        elif kind == "level_done":
+            self._at(event["level"], 1.0)
+            self.status = f"level {event['level']} done after {event['epochs']} epochs"
+        elif kind == "calibrated":
+            self.status = f"threshold calibrated on healthy validation subjects: {event['threshold']:.4g}"
+        elif kind == "done":
+            self.fraction, self.finished, self.model = 1.0, True, event["model"]
+            self.status = f"model written to {event['model']}"
+        elif kind in ("error", "interrupted"):
+            self.finished, self.failed = True, True
+            self.status = event.get("message", kind)
+        elif kind == "log":
+            self.status = event.get("message", self.status)
+
+    def _at(self, level: int, within: float) -> None:
+        done_levels = self.levels - 1 - level  # the coarsest level trains first
+        self.fraction = min(1.0, (done_levels + min(within, 1.0)) / self.levels)
+
+
+@dataclass
+class TrainingJob:
+    command: BackgroundCommand
+    progress: TrainingProgress
+    progress_log: Path
+
+    def poll(self) -> int | None:
+        """Apply new events; the exit code once the process has ended (its last events read)."""
+        code = self.command.poll()
+        for event in self.command.new_events():
+            self.progress.update(event)
+        return code
+
+
+def start_training(request: TrainingRequest, python: str | None = None) -> TrainingJob:
+    request.check()
+    progress_log = Path(tempfile.mkdtemp(prefix="ssae-train-")) / "progress.jsonl"
+    command = BackgroundCommand(request.arguments(progress_log), python=python, progress_log=progress_log)
+    command.start()
+    return TrainingJob(command=command, progress=TrainingProgress(), progress_log=progress_log)

@@ -1,0 +1,223 @@
+"""SSAEAnomaly's logic on real MRML scenes from slicer-core (no Slicer application, no Qt)."""
+
+from __future__ import annotations
+
+import numpy as np
+import nrrd
+import pytest
+import SimpleITK as sitk
+import slicerio
+import vtk
+
+from conftest import SAMPLES, oblique_direction
+from SSAEAnomalyLib import AnomalyLogic, AnomalyParameters, image_from_volume_node, update_volume_node_from_image
+from SSAEAnomalyLib.slice_rendering import SliceViewRenderer, headless_scene
+from SSAEAnomalyLib.volumes import array_from_volume_node
+from ssae.background import wait_for
+from ssae.errors import SSAEError
+
+
+def _add_volume(scene, image: sitk.Image, name: str):
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    update_volume_node_from_image(node, image)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def _ijk_to_ras(node) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+@pytest.fixture()
+def oblique_scene(small_cases, tiny_model):
+    """A scene holding a real FLAIR with an oblique direction and anisotropic voxels."""
+    scene, app_logic = headless_scene()
+    image = sitk.ReadImage(str(small_cases / "patient19" / "flair.nii.gz"))
+    image.SetDirection(oblique_direction(20))
+    image.SetSpacing((1.7, 2.3, 3.1))
+    volume = _add_volume(scene, image, "FLAIR")
+    logic = AnomalyLogic(scene)
+    params = logic.parameters
+    params.input_volume, params.model_path, params.device = volume, str(tiny_model), "cpu"
+    return scene, app_logic, logic, volume
+
+
+def test_volume_node_and_simpleitk_geometry_agree(oblique_scene):
+    scene, _, _, volume = oblique_scene
+    image = image_from_volume_node(volume)
+    copy = _add_volume(scene, image, "copy")
+    assert np.allclose(_ijk_to_ras(copy), _ijk_to_ras(volume))
+    # LPS (ITK) vs RAS (Slicer): the physical position of voxel (0, 0, 0) agrees.
+    assert np.allclose(image.GetOrigin()[:2], [-v for v in volume.GetOrigin()[:2]])
+
+
+def test_detection_creates_maps_with_the_input_geometry_and_named_segments(oblique_scene):
+    scene, _, logic, volume = oblique_scene
+    rows = logic.detect()
+    params = logic.parameters
+    assert params.result_maps() == ["aggregated", "level0", "level1", "level2"]
+    for name in params.result_maps():
+        node = params.result_volume(name)
+        assert np.allclose(_ijk_to_ras(node), _ijk_to_ras(volume))
+        assert node.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
+        assert node.GetDisplayNode().GetApplyThreshold()  # transparent below the threshold
+        assert node.GetName().startswith("FLAIR anomaly")
+    segmentation = params.segmentation.GetSegmentation()
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    assert names == ["Anomaly aggregated", "Anomaly level 0 (64 px)", "Anomaly level 1 (32 px)", "Anomaly level 2 (16 px)"]
+    lesion = segmentation.GetSegment("SSAE_aggregated")
+    terminology = vtk.reference("")
+    assert lesion.GetTag(lesion.GetTerminologyEntryTagName(), terminology)
+    assert "SCT^52988006^Lesion" in str(terminology)
+    table = params.statistics_table.GetTable()
+    assert table.GetNumberOfRows() == rows.statistics.count
+    if rows.statistics.count:
+        assert table.GetValueByName(0, "Volume (ml)").ToDouble() == pytest.approx(rows.statistics.component_ml[0])
+
+
+def test_threshold_changes_update_segment_and_table_without_rerunning(oblique_scene):
+    _, _, logic, _ = oblique_scene
+    logic.detect()
+    params = logic.parameters
+    calibrated = params.threshold_of("aggregated")
+    low = logic.apply_threshold(calibrated * 0.5)
+    high = logic.apply_threshold(calibrated * 2.0)
+    assert low.statistics.total_ml > high.statistics.total_ml
+    assert params.threshold_of("aggregated") == pytest.approx(calibrated * 2.0)
+    assert float(params.statistics_table.GetAttribute("SSAE.totalVolumeMl")) == pytest.approx(high.statistics.total_ml)
+    logic.parameters.min_lesion_mm3 = 1e6  # nothing is that large
+    assert logic.apply_threshold(calibrated * 0.5).statistics.count == 0
+    low_edge, high_edge = logic.threshold_range()
+    assert low_edge == 0 and high_edge >= 1.5 * calibrated
+    params.score_map = "level1"
+    level = logic.apply_threshold()
+    assert params.segmentation.GetDisplayNode().GetSegmentVisibility("SSAE_level1")
+    assert not params.segmentation.GetDisplayNode().GetSegmentVisibility("SSAE_aggregated")
+    assert level.statistics.count >= 0
+
+
+def test_exports_keep_the_input_geometry_and_refuse_to_overwrite(oblique_scene, tmp_path):
+    _, _, logic, volume = oblique_scene
+    logic.detect()
+    logic.parameters.min_lesion_mm3 = 0.0
+    rows = logic.apply_threshold(logic.parameters.threshold_of("aggregated") * 0.5)
+    labelmap = logic.export_labelmap(tmp_path / "mask.nii.gz")
+    segmentation = logic.export_segmentation(tmp_path / "anomalies.seg.nrrd")
+    reference = image_from_volume_node(volume)
+    mask = sitk.ReadImage(str(labelmap))
+    assert mask.GetSize() == reference.GetSize()
+    assert np.allclose(mask.GetOrigin(), reference.GetOrigin(), atol=1e-4)
+    assert np.allclose(mask.GetDirection(), reference.GetDirection(), atol=1e-5)
+    voxel_ml = np.prod(reference.GetSpacing()) / 1000
+    assert sitk.GetArrayFromImage(mask).astype(bool).sum() * voxel_ml == pytest.approx(rows.statistics.total_ml, rel=1e-6)
+    info = slicerio.read_segmentation(str(segmentation))
+    assert [s["name"] for s in info["segments"]] == ["Anomaly aggregated", "Anomaly level 0 (64 px)", "Anomaly level 1 (32 px)", "Anomaly level 2 (16 px)"]
+    data, header = nrrd.read(str(segmentation))
+    assert header["space"] == "left-posterior-superior"
+    assert np.allclose(header["space origin"], reference.GetOrigin(), atol=1e-3)
+    before = segmentation.read_bytes()
+    with pytest.raises(SSAEError, match="already exists"):
+        logic.export_segmentation(segmentation)
+    assert segmentation.read_bytes() == before
+    with pytest.raises(SSAEError):
+        logic.export_labelmap(tmp_path / "mask.png")
+
+
+def test_existing_nodes_are_kept_unless_replacing_is_asked(oblique_scene):
+    scene, _, logic, _ = oblique_scene
+    logic.detect()
+    first = logic.parameters.result_volume("aggregated")
+    first_values = np.array(first.GetImageData().GetPointData().GetScalars())
+    logic.detect()
+    second = logic.parameters.result_volume("aggregated")
+    assert second.GetID() != first.GetID() and second.GetName() != first.GetName()
+    assert scene.GetNodeByID(first.GetID()) is first
+    assert np.array_equal(np.array(first.GetImageData().GetPointData().GetScalars()), first_values)
+    logic.detect(replace_previous=True)
+    assert scene.GetNodeByID(second.GetID()) is None and scene.GetNodeByID(first.GetID()) is first
+
+
+def test_bad_inputs_are_clear_errors(oblique_scene, tmp_path):
+    scene, _, logic, volume = oblique_scene
+    params = logic.parameters
+    params.input_volume = None
+    with pytest.raises(SSAEError, match="select an input"):
+        logic.detect()
+    flat = _add_volume(scene, sitk.GetImageFromArray(np.random.default_rng(0).random((1, 40, 40)).astype(np.float32)), "slice")
+    params.input_volume = flat
+    with pytest.raises(SSAEError, match="2D"):
+        logic.detect()
+    params.input_volume = volume
+    foreign = tmp_path / "foreign.safetensors"
+    foreign.write_bytes(b"\x00" * 64)
+    params.model_path = str(foreign)
+    with pytest.raises(SSAEError, match="not an SSAE model"):
+        logic.detect()
+    with pytest.raises(SSAEError, match="run the detection first"):
+        logic.apply_threshold(0.1)
+
+
+def test_module_state_survives_saving_and_reloading_the_scene(oblique_scene, tmp_path):
+    scene, _, logic, volume = oblique_scene
+    logic.detect()
+    params = logic.parameters
+    params.set_threshold_of("aggregated", 0.321)
+    params.min_lesion_mm3 = 25.0
+    params.score_map = "level0"
+    scene.SetRootDirectory(str(tmp_path))
+    scene.SetURL(str(tmp_path / "scene.mrml"))
+    assert scene.Commit()
+    reloaded, _ = headless_scene()
+    reloaded.SetURL(str(tmp_path / "scene.mrml"))
+    assert reloaded.Connect()
+    restored = AnomalyParameters.of_scene(reloaded)
+    assert restored.model_path == params.model_path and restored.device == "cpu"
+    assert restored.threshold_of("aggregated") == pytest.approx(0.321)
+    assert restored.min_lesion_mm3 == 25.0 and restored.score_map == "level0"
+    assert restored.input_volume.GetName() == volume.GetName()
+    assert restored.result_maps() == params.result_maps()
+    assert restored.segmentation is not None and restored.statistics_table is not None
+
+
+def test_background_detection_process_gives_the_same_results(oblique_scene):
+    _, _, logic, _ = oblique_scene
+    in_process = logic.detect()
+    job = logic.start_detection()
+    assert wait_for(job.command, timeout_s=300) == 0, "\n".join(job.command.new_lines())
+    events = job.command.new_events()
+    assert any(e["event"] == "progress" for e in events) and events[-1]["event"] == "done"
+    background = logic.load_detection(job)
+    assert not job.workdir.exists()
+    assert background.statistics.count == in_process.statistics.count
+    assert background.statistics.total_ml == pytest.approx(in_process.statistics.total_ml, rel=1e-5)
+
+
+def test_what_the_user_sees_in_the_axial_view(tiny_model, tmp_path):
+    """Slicer's own slice logic and segmentation displayable manager draw the result:
+    the detected lesion is coloured, the background outside the head stays black."""
+    scene, app_logic = headless_scene()
+    renderer = SliceViewRenderer(scene, app_logic, 400, 400)
+    image = sitk.ReadImage(str(SAMPLES / "patient19" / "flair.nii.gz"))
+    volume = _add_volume(scene, image, "patient19")
+    logic = AnomalyLogic(scene)
+    params = logic.parameters
+    params.input_volume, params.model_path, params.device = volume, str(tiny_model), "cpu"
+    logic.detect()
+    rows = logic.apply_threshold(params.threshold_of("aggregated") * 0.5)
+    assert rows.statistics.count > 0
+    score_node = params.result_volume("aggregated")
+    k, j, i = np.unravel_index(np.argmax(array_from_volume_node(score_node)), array_from_volume_node(score_node).shape)
+    ras = _ijk_to_ras(score_node) @ np.array([i, j, k, 1.0])  # the most anomalous voxel
+    picture = renderer.render(offset_mm=ras[2])
+    renderer.save_png(tmp_path / "view.png", offset_mm=ras[2])
+    assert (tmp_path / "view.png").stat().st_size > 1000
+    row, col = renderer.pixel_of(tuple(ras[:3]))
+    patch = picture[max(row - 2, 0) : row + 3, max(col - 2, 0) : col + 3].reshape(-1, 3).astype(int)
+    saturation = patch.max(axis=1) - patch.min(axis=1)
+    assert saturation.max() > 60, patch  # coloured: overlay/segment, not grey anatomy
+    corner = picture[:10, :10].reshape(-1, 3)
+    assert corner.max() < 10  # outside the head: black
+    grey = picture[picture.shape[0] // 2, :, :].astype(int)
+    assert (np.abs(grey[:, 0] - grey[:, 1]) < 3).mean() > 0.5  # most of the slice is grey anatomy

@@ -1,0 +1,85 @@
+"""SSAETraining's logic: the ssae train call, following its progress, cancel and resume."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import pytest
+
+from SSAETrainingLib import TrainingProgress, TrainingRequest, load_request, parameter_node, save_request, start_training
+from SSAEAnomalyLib.slice_rendering import headless_scene
+from ssae.background import wait_for
+from ssae.checkpoint import read_model_card
+from ssae.errors import SSAEError
+
+
+def _request(small_cases, tmp_path, **changes) -> TrainingRequest:
+    base = TrainingRequest(
+        data_folder=str(small_cases), output=str(tmp_path / "model.safetensors"), size=64, levels=2,
+        epochs=2, patience=2, batch_size=8, device="cpu",
+    )
+    return replace(base, **changes)
+
+
+def test_request_becomes_the_matching_command_line(small_cases, tmp_path):
+    request = _request(small_cases, tmp_path, variant="vae", brain_masks_folder=str(small_cases))
+    args = request.arguments(tmp_path / "p.jsonl")
+    assert args[:4] == ["train", str(small_cases), "-o", str(tmp_path / "model.safetensors")]
+    assert args[args.index("--variant") + 1] == "vae" and args[args.index("--levels") + 1] == "2"
+    assert "--brain-masks" in args and "--resume" not in args
+    with pytest.raises(SSAEError, match="healthy scans"):
+        replace(request, data_folder=str(tmp_path / "missing")).check()
+    with pytest.raises(SSAEError, match=".safetensors"):
+        replace(request, output=str(tmp_path / "model.pt")).check()
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(SSAEError, match="already exists"):
+        request.check()
+
+
+def test_progress_fraction_follows_levels_coarsest_first():
+    progress = TrainingProgress()
+    progress.update({"event": "start", "levels": 2, "max_epochs": 4, "model": "m", "train_slices": 10, "train_subjects": 2, "val_subjects": 1, "device": "CPU"})
+    progress.update({"event": "step", "level": 1, "epoch": 1, "step": 5, "steps": 10, "loss": 0.1, "eta_s": 30})
+    assert progress.fraction == pytest.approx(1.5 / 4 / 2)
+    progress.update({"event": "level_done", "level": 1, "epochs": 3, "best_val_loss": 0.1})
+    assert progress.fraction == pytest.approx(0.5)
+    progress.update({"event": "epoch", "level": 0, "epoch": 2, "train_loss": 0.1, "val_loss": 0.2, "best_val_loss": 0.2, "bad_epochs": 0, "eta_s": 5})
+    assert progress.fraction == pytest.approx(0.75) and "validation 0.2" in progress.status
+    progress.update({"event": "done", "model": "out.safetensors", "duration_s": 1.0})
+    assert progress.finished and not progress.failed and progress.fraction == 1.0
+
+
+def test_background_training_reports_progress_and_writes_the_model(small_cases, tmp_path):
+    job = start_training(_request(small_cases, tmp_path))
+    assert wait_for(job.command, timeout_s=300) == 0, "\n".join(job.command.new_lines())
+    job.poll()
+    assert job.progress.finished and not job.progress.failed and job.progress.fraction == 1.0
+    assert len(job.progress.history) == 4  # 2 levels x 2 epochs
+    assert read_model_card(job.progress.model)["architecture"]["levels"] == 2
+
+
+def test_cancel_ends_the_process_and_the_run_resumes(small_cases, tmp_path):
+    request = _request(small_cases, tmp_path, epochs=4, patience=4)
+    job = start_training(request)
+    deadline = time.monotonic() + 120
+    while not job.progress.history and time.monotonic() < deadline:
+        assert job.poll() is None, "\n".join(job.command.new_lines())
+        time.sleep(0.2)
+    assert job.progress.history, "no epoch finished in time"
+    assert job.command.cancel() == 130
+    job.poll()
+    assert job.progress.failed and "--resume" in job.progress.status
+    assert (tmp_path / "model.safetensors.resume.pt").exists() and not (tmp_path / "model.safetensors").exists()
+    resumed = start_training(replace(request, resume=True))
+    assert wait_for(resumed.command, timeout_s=300) == 0, "\n".join(resumed.command.new_lines())
+    history = read_model_card(tmp_path / "model.safetensors")["training"]["history"]
+    assert [h["level"] for h in history] == [1] * 4 + [0] * 4
+
+
+def test_panel_state_is_kept_in_the_scene():
+    scene, _ = headless_scene()
+    request = TrainingRequest(data_folder="/data/healthy", output="/models/m.safetensors", variant="spatial", levels=4, size=256, epochs=30, overwrite=True)
+    save_request(parameter_node(scene), request)
+    assert load_request(parameter_node(scene)) == request
+    assert load_request(parameter_node(headless_scene()[0])) == TrainingRequest("", "")
