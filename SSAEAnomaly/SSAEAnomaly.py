@@ -221,13 +221,24 @@ class SSAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             with slicer.util.tryWithErrorDisplay("Cannot load the results.", waitCursor=True):
                 rows = self.logic.load_detection(job, replace_previous=self.ui.replaceResultsCheckBox.checked)
-                self.ui.statusLabel.text = f"Done: {rows.statistics.count} lesion(s), {rows.statistics.total_ml:.2f} ml."
+                self.ui.statusLabel.text = f"Done: {rows.statistics.count} lesion(s), {rows.statistics.total_ml:.2f} ml." + self._registrationWarnings()
                 slicer.util.setSliceViewerLayers(
                     background=self.logic.parameters.input_volume,
                     foreground=self.logic.parameters.result_volume(self.logic.parameters.score_map),
                     foregroundOpacity=0.6,
                 )
         self.updateGUIFromParameterNode()
+
+    def _registrationWarnings(self):
+        report = self.logic.registration
+        if not report:
+            return ""
+        warnings = [] if report.get("passed", True) else [f"Registration check failed: {report['message']}. Inspect the results."]
+        if report.get("contrast_warning"):
+            warnings.append(f"The model expects FLAIR, but {report['contrast_warning']}.")
+        if warnings:
+            slicer.util.warningDisplay("\n".join(warnings), "SSAE Anomaly")
+        return " " + " ".join(warnings)
 
     def onCancel(self):
         if self.job is not None:

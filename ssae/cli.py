@@ -41,6 +41,9 @@ def _build_parser() -> argparse.ArgumentParser:
     model.add_argument("--base-filters", type=int, help="filters of the first convolution (default: 16 for scale-space, 32 for plain models)")
     model.add_argument("--max-filters", type=int, help="filter cap (default: 96 for scale-space, 128 for plain models)")
     model.add_argument("--latent-dim", type=int, default=128, help="dense bottleneck size (default: 128)")
+    prep = train.add_argument_group("preprocessing (stored in the model card; detection repeats it)")
+    prep.add_argument("--atlas", action="store_true", help="register every scan to the MNI152 template and work on the atlas's slice grid (for raw scans with skull and any orientation)")
+    prep.add_argument("--bias-correction", action="store_true", help="N4 bias-field correction before everything else")
     fit = train.add_argument_group("optimisation")
     fit.add_argument("--epochs", type=int, default=100, help="maximum epochs per level (default: 100)")
     fit.add_argument("--patience", type=int, default=5, help="early stopping: epochs without validation improvement (default: 5)")
@@ -87,6 +90,14 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--overwrite", action="store_true", help="replace existing result files")
     _add_device(evaluate)
 
+    prep = commands.add_parser("preprocess", help="bias-correct and register raw scans to the atlas", description="N4 bias correction, registration to the MNI152 template and a brain mask for one scan or a folder of scans; writes the scan in atlas space, its brain mask on its own grid, the transform and a quality report.")
+    prep.add_argument("input", type=Path, help="a FLAIR volume, a folder of scans or a CSV manifest")
+    prep.add_argument("-o", "--output-dir", type=Path, required=True, help="folder for the results")
+    prep.add_argument("--brain-mask", type=Path, help="brain mask on the image's grid (single image only; else masks beside the scans are used)")
+    prep.add_argument("--brain-masks", type=Path, help="folder of brain masks named after the cases")
+    prep.add_argument("--no-bias-correction", action="store_true", help="skip N4 bias-field correction")
+    prep.add_argument("--overwrite", action="store_true", help="replace existing result files")
+
     info = commands.add_parser("info", help="print a model's card", description="Print the model card of a model file.")
     info.add_argument("model", type=Path, help="model file (.safetensors)")
     info.add_argument("--json", action="store_true", help="print the whole card as JSON")
@@ -117,7 +128,7 @@ def _train(args: argparse.Namespace) -> None:
     )
     config = TrainingConfig(
         architecture=arch,
-        preprocessing=PreprocessingSettings(size=args.size),
+        preprocessing=PreprocessingSettings(size=args.size, atlas=args.atlas, bias_correction=args.bias_correction),
         postprocessing=PostprocessingSettings(
             median_size=args.median_size, brain_erosion=args.brain_erosion, hyperintensity_prior=args.hyperintensity_prior, min_lesion_mm3=args.min_lesion_mm3
         ),
@@ -152,7 +163,7 @@ def _detect(args: argparse.Namespace) -> None:
     detector = Detector.from_file(args.model, args.device, args.batch_size)
     stem = volume_stem(args.image)
     levels = [] if args.no_scales else list(range(detector.card.architecture.levels))
-    planned = list(output_paths(args.output_dir, stem, args.format, levels).values())
+    planned = list(output_paths(args.output_dir, stem, args.format, levels, atlas=detector.card.preprocessing.atlas).values())
     if args.figure:
         planned.append(args.output_dir / f"{stem}_figure.png")
     refuse_existing(planned, args.overwrite)  # before spending time on detection
@@ -161,6 +172,7 @@ def _detect(args: argparse.Namespace) -> None:
     progress = ProgressLog(args.progress_log) if args.progress_log else None
     report = (lambda fraction, message: progress.event("progress", fraction=round(fraction, 4), message=message)) if progress else None
     result = detector.detect(image, mask, threshold=args.threshold, scales=not args.no_scales, progress=report)
+    _report_alignment(result.prepared.alignment, detector.card.modality)
     method = detector.card.threshold.method if args.threshold is None else "given on the command line"
     summary = detection_summary(result, str(args.image), detector.card.architecture.name, method)
     paths = write_detection(result, args.output_dir, stem, args.format, summary, args.overwrite)
@@ -195,6 +207,50 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"{name:>10s}: {path}")
 
 
+def _warn(message: str) -> None:
+    print(f"ssae: warning: {message}", file=sys.stderr)
+
+
+def _report_alignment(alignment, modality: str = "FLAIR") -> None:
+    """Warnings for a doubtful registration or an unexpected contrast (the run goes on)."""
+    if alignment is None:
+        return
+    quality = alignment.quality
+    if not quality.passed:
+        _warn(f"registration check failed: {quality.message}; inspect the results before trusting them")
+    if quality.contrast_warning:
+        _warn(f"the model expects {modality}, but {quality.contrast_warning}")
+
+
+def _preprocess(args: argparse.Namespace) -> None:
+    from .datasets import Case, find_cases, read_case_volumes
+    from .preprocessing import foreground_mask
+    from .registration import align_to_atlas, atlas_space_image, bias_correct, write_transform
+    from .volume_io import refuse_existing, volume_stem, write_json, write_volume
+
+    if args.input.is_file() and args.input.suffix.lower() != ".csv":
+        cases = [Case(name=volume_stem(args.input), image=args.input, brain_mask=args.brain_mask)]
+    else:
+        if args.brain_mask:
+            raise SSAEError("--brain-mask is for a single image; use --brain-masks for a folder")
+        cases = find_cases(args.input, args.brain_masks)
+    names = ("atlas.nii.gz", "brainmask.nii.gz", "atlas_to_scan.tfm", "qc.json")
+    refuse_existing([args.output_dir / f"{c.name}_{n}" for c in cases for n in names], args.overwrite)
+    for case in cases:
+        image, brain, _ = read_case_volumes(case)
+        source = image if args.no_bias_correction else bias_correct(image, brain if brain is not None else foreground_mask(image))
+        alignment = align_to_atlas(source, brain)
+        _report_alignment(alignment)
+        out = {n: args.output_dir / f"{case.name}_{n}" for n in names}
+        write_volume(atlas_space_image(source, alignment.transform), out["atlas.nii.gz"], args.overwrite)
+        write_volume(alignment.brain_mask, out["brainmask.nii.gz"], args.overwrite)
+        write_transform(alignment.transform, out["atlas_to_scan.tfm"], args.overwrite)
+        report = {"case": case.name, "image": str(case.image), "bias_correction": not args.no_bias_correction, "seconds": round(alignment.seconds, 2), **alignment.quality.to_dict()}
+        write_json(report, out["qc.json"], args.overwrite)
+        verdict = "ok" if alignment.quality.passed else "CHECK"
+        print(f"{case.name}: {verdict} (template brain {alignment.quality.brain_inside_head:.0%} inside the head, scales {', '.join(f'{v:.2f}' for v in alignment.quality.scales)}), {alignment.seconds:.1f} s")
+
+
 def _info(args: argparse.Namespace) -> None:
     from .checkpoint import read_model_card
 
@@ -227,7 +283,7 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.output_dir, args.device, args.overwrite)
 
 
-COMMANDS = {"train": _train, "detect": _detect, "evaluate": _evaluate, "info": _info, "demo": _demo}
+COMMANDS = {"train": _train, "detect": _detect, "evaluate": _evaluate, "preprocess": _preprocess, "info": _info, "demo": _demo}
 
 
 def main(argv: list[str] | None = None) -> int:

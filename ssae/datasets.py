@@ -225,7 +225,7 @@ def load_slice_stack(
     key = cache_key(cases, settings)
     folder = Path(cache_dir or default_cache_dir()) / "slices" / key
     if not (folder / "meta.json").exists():
-        _build_cache(cases, settings, folder, log)
+        _build_cache(cases, settings, folder, Path(cache_dir or default_cache_dir()), log)
     else:
         log(f"using cached slices {folder}")
     meta = json.loads((folder / "meta.json").read_text())
@@ -242,7 +242,32 @@ def load_slice_stack(
     )
 
 
-def _build_cache(cases: list[Case], settings: PreprocessingSettings, folder: Path, log) -> None:
+def cached_alignment(case: Case, image: sitk.Image, brain_mask: sitk.Image | None, bias_correction: bool, cache_root: Path):
+    """Atlas registration of a case, computed once and kept beside the slice cache.
+
+    Keyed by the case's files and the bias-correction setting, not by the model's input size,
+    so models of different sizes trained on the same scans share one registration per scan.
+    """
+    from .preprocessing import foreground_mask
+    from .registration import AtlasAlignment, RegistrationQuality, align_to_atlas, bias_correct, write_transform
+
+    digest = hashlib.sha256(json.dumps([_file_digest(case.image), _file_digest(case.brain_mask) if case.brain_mask else None, bias_correction]).encode()).hexdigest()[:24]
+    folder = cache_root / "alignments" / digest
+    if (folder / "quality.json").exists():
+        quality = RegistrationQuality(**json.loads((folder / "quality.json").read_text()))
+        transform = sitk.AffineTransform(sitk.ReadTransform(str(folder / "atlas_to_scan.tfm")))
+        mask = sitk.ReadImage(str(folder / "brain_mask.nii.gz"))
+        return AtlasAlignment(transform=transform, brain_mask=mask, quality=quality, seconds=0.0)
+    source = bias_correct(image, brain_mask if brain_mask is not None else foreground_mask(image)) if bias_correction else image
+    alignment = align_to_atlas(source, brain_mask)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_transform(alignment.transform, folder / "atlas_to_scan.tfm", overwrite=True)
+    sitk.WriteImage(alignment.brain_mask, str(folder / "brain_mask.nii.gz"), True)
+    (folder / "quality.json").write_text(json.dumps(alignment.quality.to_dict()))
+    return alignment
+
+
+def _build_cache(cases: list[Case], settings: PreprocessingSettings, folder: Path, cache_root: Path, log) -> None:
     slices, brains, loss_masks, subject, ranges = [], [], [], [], {}
     excluded = 0
     row = 0
@@ -250,10 +275,13 @@ def _build_cache(cases: list[Case], settings: PreprocessingSettings, folder: Pat
         log(f"preprocessing {case.name} ({index + 1}/{len(cases)})")
         image = read_volume(case.image, f"image of {case.name}")
         brain_mask = read_mask(case.brain_mask, image, f"brain mask of {case.name}") if case.brain_mask else None
-        prepared = prepare_volume(image, settings, brain_mask)
+        alignment = cached_alignment(case, image, brain_mask, settings.bias_correction, cache_root) if settings.atlas else None
+        if alignment is not None and not alignment.quality.passed:
+            log(f"warning: {case.name}: registration check failed ({alignment.quality.message})")
+        prepared = prepare_volume(image, settings, brain_mask, alignment)
         keep = np.ones_like(prepared.brain)
         if case.label is not None:
-            lesion = resample_to_grid(read_mask(case.label, image, f"lesion label of {case.name}"), prepared.grid, label=True)
+            lesion = resample_to_grid(read_mask(case.label, image, f"lesion label of {case.name}"), prepared.grid, label=True, transform=prepared.transform)
             lesion = ndimage.binary_dilation(lesion, structure=ndimage.generate_binary_structure(3, 1)) if lesion.any() else lesion
             keep = ~lesion
             excluded += int((lesion & prepared.brain).sum())

@@ -55,7 +55,7 @@ def run_demo(output_dir: Path, device: str = "auto", overwrite: bool = False, lo
             "best_dice": best_dice(baseline_scores, labels).dice,
         },
     }
-    truth_grid = resample_to_grid(truth_image, result.prepared.grid, label=True)
+    truth_grid = resample_to_grid(truth_image, result.prepared.grid, label=True, transform=result.prepared.transform)
     figure = detection_figure(
         result, output_dir / "demo_figure.png", f"{detector.card.architecture.name} on MSLUB {case.name}", truth_grid, overwrite=overwrite
     )

@@ -25,6 +25,7 @@ from .checkpoint import ModelCard, load_model
 from .devices import inference_batch_size, resolve_device
 from .errors import SSAEError
 from .models import ScaleSpaceAutoencoder
+from .registration import AtlasAlignment
 from .postprocessing import LesionStatistics, anomaly_score, eroded_brain, label_lesions, lesion_mask, lesion_statistics
 from .preprocessing import PreparedVolume, prepare_volume, to_input_grid
 from .pyramid import decompose, upsample
@@ -126,14 +127,18 @@ class Detector:
         scales: bool = True,
         progress: ProgressCallback | None = None,
         should_cancel: CancelCheck | None = None,
+        alignment: AtlasAlignment | None = None,
     ) -> DetectionResult:
-        """Scores per scale and aggregated, and the lesion mask, all on ``image``'s grid."""
+        """Scores per scale and aggregated, and the lesion mask, all on ``image``'s grid.
+
+        ``alignment`` reuses an earlier atlas registration of this scan (atlas models only).
+        """
         timings: dict[str, float] = {}
         report = progress or (lambda fraction, message: None)
 
         t0 = time.perf_counter()
         report(0.0, "preprocessing")
-        prepared = prepare_volume(image, self.card.preprocessing, brain_mask)
+        prepared = prepare_volume(image, self.card.preprocessing, brain_mask, alignment)
         timings["preprocess_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -152,7 +157,7 @@ class Detector:
             if should_cancel is not None and should_cancel():
                 raise DetectionCancelled("detection cancelled")
             score = anomaly_score(signed[name], prepared.slices, inside, post, prepared.brain)
-            return score, to_input_grid(score, prepared.grid, image) * input_brain
+            return score, to_input_grid(score, prepared.grid, image, prepared.transform) * input_brain
 
         # ITK and numpy release the GIL: two maps at a time keep both cores busy.
         with ThreadPoolExecutor(max_workers=2) as pool:

@@ -18,9 +18,10 @@ Steps (all recorded in the model card through :class:`PreprocessingSettings`):
 4. *In-plane grid*: the brain's bounding box (union over slices) plus ``margin`` on each side,
    scaled isotropically so that its longer side fills ``size`` pixels; the shorter side is
    padded. This keeps the aspect ratio and gives every brain about the same pixel footprint.
-   Downsampling is preceded by a Gaussian anti-aliasing blur; ``resolution_mm`` blurs further,
-   to the in-plane resolution of the training scans, so that sharper test scans do not show
-   every edge as an anomaly to a model that has only seen blurrier ones.
+   Downsampling is preceded by a Gaussian anti-aliasing blur.
+   With ``atlas`` (see :mod:`ssae.registration`), the scan is first registered to the MNI
+   template and the grid is instead the same isotropic grid around the template brain for every
+   scan; with ``bias_correction`` the scan is N4-corrected first.
 5. *Intensities*: divided by the 98th percentile of brain voxels (after a shift by the 0.5th
    percentile when brain intensities are negative, e.g. z-scored data) and clipped to [0, 1];
    everything outside the brain mask is 0, as in skull-stripped training data.
@@ -29,12 +30,16 @@ Steps (all recorded in the model card through :class:`PreprocessingSettings`):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import SSAEError
+
+if TYPE_CHECKING:
+    from .registration import AtlasAlignment
 
 ORIENTATION = "LPS"
 
@@ -47,7 +52,8 @@ class PreprocessingSettings:
     percentile: float = 98.0
     min_brain_fraction: float = 0.1
     margin: float = 0.05
-    resolution_mm: float = 0.0
+    atlas: bool = False
+    bias_correction: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"orientation": ORIENTATION, **asdict(self)}
@@ -68,6 +74,8 @@ class PreparedVolume:
     brain_mask: sitk.Image  # brain mask on the input grid (uint8)
     intensity_offset: float
     intensity_scale: float
+    transform: sitk.Transform | None = None  # slice grid -> input (atlas registration), None: same space
+    alignment: "AtlasAlignment | None" = None
 
     def normalise(self, values: np.ndarray) -> np.ndarray:
         """Apply this volume's intensity normalisation (without clipping) to raw intensities."""
@@ -131,8 +139,12 @@ def brain_slice_range(brain_lps: np.ndarray, min_fraction: float) -> tuple[int, 
     return int(keep[0]), int(keep[-1])
 
 
-def make_slice_grid(brain: sitk.Image, settings: PreprocessingSettings) -> sitk.Image:
-    """Slice-grid geometry around the brain of ``brain`` (a mask on the input grid)."""
+def make_slice_grid(brain: sitk.Image, settings: PreprocessingSettings, isotropic: bool = False) -> sitk.Image:
+    """Slice-grid geometry around the brain of ``brain`` (a mask on the input grid).
+
+    Native slices (``isotropic=False``) keep the input's own slice positions and thickness; an
+    isotropic grid (the atlas) spaces its slices like its pixels.
+    """
     oriented = sitk.DICOMOrient(brain, ORIENTATION)
     array = sitk.GetArrayViewFromImage(oriented).astype(bool)
     z0, z1 = brain_slice_range(array, settings.min_brain_fraction)
@@ -144,42 +156,57 @@ def make_slice_grid(brain: sitk.Image, settings: PreprocessingSettings) -> sitk.
     cx, cy = (xs.min() + xs.max()) / 2.0, (ys.min() + ys.max()) / 2.0
     half = (settings.size - 1) / 2.0
     corner = (cx - half * pixel / sx, cy - half * pixel / sy, float(z0))
-    grid = sitk.Image([settings.size, settings.size, z1 - z0 + 1], sitk.sitkUInt8)
-    grid.SetSpacing((pixel, pixel, sz))
+    slice_spacing = pixel if isotropic else sz
+    count = int(np.floor((z1 - z0) * sz / slice_spacing)) + 1
+    grid = sitk.Image([settings.size, settings.size, count], sitk.sitkUInt8)
+    grid.SetSpacing((pixel, pixel, slice_spacing))
     grid.SetDirection(oriented.GetDirection())
     grid.SetOrigin(oriented.TransformContinuousIndexToPhysicalPoint(corner))
     return grid
 
 
-def resample_to_grid(image: sitk.Image, grid: sitk.Image, label: bool = False, resolution_mm: float = 0.0) -> np.ndarray:
+@lru_cache(maxsize=8)
+def atlas_slice_grid(settings: PreprocessingSettings) -> sitk.Image:
+    """The slice grid in atlas space: the same for every scan, isotropic, around the template brain."""
+    from .registration import load_atlas
+
+    return make_slice_grid(load_atlas().brain, settings, isotropic=True)
+
+
+def resample_to_grid(image: sitk.Image, grid: sitk.Image, label: bool = False, transform: sitk.Transform | None = None) -> np.ndarray:
     """Resample ``image`` onto ``grid`` as a [slices, rows, cols] array.
 
-    Intensities are Gaussian-blurred in-plane first where the grid (or ``resolution_mm``) is
-    coarser than the image (anti-aliasing), then linearly interpolated; labels are linearly
-    interpolated and thresholded at 0.5, which follows a mask's boundary better than nearest
-    neighbour.
+    ``transform`` maps grid points to image points (atlas to scan; identity when None).
+    Intensities are Gaussian-blurred first where the grid is coarser than the image
+    (anti-aliasing; on a native grid only in-plane, since slices stay where they are), then
+    linearly interpolated; labels are linearly interpolated and thresholded at 0.5, which
+    follows a mask's boundary better than nearest neighbour.
     """
     source = sitk.Cast(image, sitk.sitkFloat32)
     if not label:
-        target = max(grid.GetSpacing()[0], resolution_mm)
-        sigmas = [0.5 * np.sqrt(max(target**2 - s**2, 0.0)) for s in image.GetSpacing()]
-        # Blur only along the image axes that lie in the slice plane (not through-plane).
-        normal = np.array(grid.GetDirection()).reshape(3, 3)[:, 2]
-        axes = np.array(image.GetDirection()).reshape(3, 3)
-        in_plane = [abs(float(axes[:, i] @ normal)) < 0.7 for i in range(3)]
-        variance = [(s**2 if keep else 0.0) for s, keep in zip(sigmas, in_plane)]
+        target = grid.GetSpacing()[0]
+        variance = [0.25 * max(target**2 - s**2, 0.0) for s in image.GetSpacing()]
+        if transform is None:
+            normal = np.array(grid.GetDirection()).reshape(3, 3)[:, 2]
+            axes = np.array(image.GetDirection()).reshape(3, 3)
+            variance = [v if abs(float(axes[:, i] @ normal)) < 0.7 else 0.0 for i, v in enumerate(variance)]
         if max(variance) > 0:
             source = sitk.DiscreteGaussian(source, variance, 32, 0.01, True)
-    resampled = sitk.Resample(source, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    resampled = sitk.Resample(source, grid, transform or sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     array = sitk.GetArrayFromImage(resampled)
     return array > 0.5 if label else array
 
 
-def to_input_grid(maps: np.ndarray, grid: sitk.Image, reference: sitk.Image) -> sitk.Image:
-    """Put a [slices, rows, cols] map from the slice grid back onto ``reference``'s voxels."""
+def to_input_grid(maps: np.ndarray, grid: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None) -> sitk.Image:
+    """Put a [slices, rows, cols] map from the slice grid back onto ``reference``'s voxels.
+
+    ``transform`` is the grid-to-input transform used on the way in; its inverse brings each
+    input voxel to the grid.
+    """
     image = sitk.GetImageFromArray(np.ascontiguousarray(maps, dtype=np.float32))
     image.CopyInformation(grid)
-    back = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    inverse = transform.GetInverse() if transform is not None else sitk.Transform()
+    back = sitk.Resample(image, reference, inverse, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     back.CopyInformation(reference)
     return back
 
@@ -195,15 +222,32 @@ def intensity_normalisation(values: np.ndarray, percentile: float) -> tuple[floa
 
 
 def prepare_volume(
-    image: sitk.Image, settings: PreprocessingSettings, brain_mask: sitk.Image | None = None
+    image: sitk.Image,
+    settings: PreprocessingSettings,
+    brain_mask: sitk.Image | None = None,
+    alignment: "AtlasAlignment | None" = None,
 ) -> PreparedVolume:
-    """Input volume (and optional brain mask on its grid) -> normalised slices on the slice grid."""
-    mask = brain_mask if brain_mask is not None else foreground_mask(image)
-    if not sitk.GetArrayViewFromImage(mask).any():
-        raise SSAEError("the brain mask is empty")
-    grid = make_slice_grid(mask, settings)
-    slices = resample_to_grid(image, grid, resolution_mm=settings.resolution_mm)
-    brain = resample_to_grid(mask, grid, label=True)
+    """Input volume (and optional brain mask on its grid) -> normalised slices on the slice grid.
+
+    ``alignment`` reuses an atlas registration of the same (bias-corrected) scan, e.g. when
+    several models with different input sizes look at one scan.
+    """
+    from .registration import align_to_atlas, bias_correct
+
+    source = image
+    if settings.bias_correction:
+        source = bias_correct(image, brain_mask if brain_mask is not None else foreground_mask(image))
+    if settings.atlas:
+        alignment = alignment or align_to_atlas(source, brain_mask)
+        mask, grid, transform = alignment.brain_mask, atlas_slice_grid(settings), alignment.transform
+    else:
+        alignment = None
+        mask = brain_mask if brain_mask is not None else foreground_mask(image)
+        if not sitk.GetArrayViewFromImage(mask).any():
+            raise SSAEError("the brain mask is empty")
+        grid, transform = make_slice_grid(mask, settings), None
+    slices = resample_to_grid(source, grid, transform=transform)
+    brain = resample_to_grid(mask, grid, label=True, transform=transform)
     if not brain.any():
         raise SSAEError("no brain voxels left on the slice grid")
     offset, scale = intensity_normalisation(slices[brain], settings.percentile)
@@ -217,4 +261,6 @@ def prepare_volume(
         brain_mask=sitk.Cast(mask, sitk.sitkUInt8),
         intensity_offset=offset,
         intensity_scale=scale,
+        transform=transform,
+        alignment=alignment,
     )

@@ -8,7 +8,8 @@ Slicer module) can follow a running ``ssae train`` by reading the file as it gro
 ``epoch``     level, epoch, train_loss, val_loss, best_val_loss, bad_epochs, eta_s
 ``level_done`` level, epochs, best_val_loss
 ``calibrated`` threshold, percentile
-``done``      model (path), duration_s
+``done``      model (path), duration_s (``ssae detect``: files)
+``progress``  fraction, message                                 (``ssae detect --progress-log``)
 ``interrupted`` / ``error``  message
 ``eta_s`` assumes every remaining level runs to its epoch limit, so it is an upper bound.
 """

@@ -121,7 +121,7 @@ def atomic_path(path: Path, overwrite: bool) -> Iterator[Path]:
     if path.exists() and not overwrite:
         raise SSAEError(f"{path} already exists; pass --overwrite to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".tmp"
+    suffix = "".join(path.suffixes[-2:]) or ".tmp"
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)

@@ -8,6 +8,7 @@ pytest suite (on ``slicer-core``) all drive this class. Detection runs either in
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -27,6 +28,7 @@ from ssae.volume_io import atomic_path, check_volume, read_volume
 from .parameters import AnomalyParameters
 from .results import (
     LesionRows,
+    add_atlas_transform,
     add_lesion_segmentation,
     add_score_volume,
     ensure_segment,
@@ -60,6 +62,7 @@ class AnomalyLogic:
     def __init__(self, scene) -> None:
         self.scene = scene
         self._detectors: dict[tuple[str, str], Detector] = {}
+        self.registration: dict | None = None  # quality report of the last atlas registration, if any
 
     @property
     def parameters(self) -> AnomalyParameters:
@@ -69,10 +72,10 @@ class AnomalyLogic:
     @staticmethod
     def default_model_path() -> str:
         """The model shipped in the extension's Resources folder ('' if there is none)."""
-        from ssae.resources import DEFAULT_MODEL, resources_dir
+        from ssae.resources import default_model_path
 
         try:
-            return str(resources_dir() / DEFAULT_MODEL)
+            return str(default_model_path())
         except SSAEError:
             return ""
 
@@ -127,7 +130,12 @@ class AnomalyLogic:
         detector = self._detector(model_path, self.parameters.device)
         result = detector.detect(image, mask, scales=True, progress=progress, should_cancel=should_cancel)
         maps = {"aggregated": result.aggregated, **{f"level{k}": img for k, img in result.scales.items()}}
-        return self.show_results(volume, maps, model_path, replace_previous)
+        alignment = result.prepared.alignment
+        self.registration = alignment.quality.to_dict() if alignment else None
+        rows = self.show_results(volume, maps, model_path, replace_previous)
+        if alignment is not None:
+            add_atlas_transform(self.scene, alignment.transform, f"{volume.GetName()} atlas to scan")
+        return rows
 
     # detection in a background process ----------------------------------------------------------
     def start_detection(self, python: str | None = None, env: dict[str, str] | None = None) -> DetectionJob:
@@ -150,12 +158,18 @@ class AnomalyLogic:
         """Load a finished background detection into the scene and remove its folder."""
         try:
             out = job.workdir / "out"
-            files = sorted(out.glob("input_*.nrrd"))
-            maps = {p.name[len("input_"):-len(".nrrd")]: read_volume(p, "result") for p in files if not p.name.endswith("lesion_mask.nrrd")}
-            if "aggregated" not in maps:
+            files = [out / "input_aggregated.nrrd", *sorted(out.glob("input_level*.nrrd"))]
+            if not files[0].exists():
                 raise SSAEError("the detection process wrote no results")
+            maps = {p.name[len("input_") : -len(".nrrd")]: read_volume(p, "result") for p in files}
+            summary = json.loads((out / "input_summary.json").read_text())
+            self.registration = summary.get("registration")
             volume, _, _, model_path = self._inputs()
-            return self.show_results(volume, maps, model_path, replace_previous)
+            rows = self.show_results(volume, maps, model_path, replace_previous)
+            transform = out / "input_atlas_to_scan.tfm"
+            if transform.exists():
+                add_atlas_transform(self.scene, sitk.ReadTransform(str(transform)), f"{volume.GetName()} atlas to scan")
+            return rows
         finally:
             job.cleanup()
 

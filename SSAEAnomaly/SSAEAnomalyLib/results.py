@@ -151,3 +151,22 @@ def fill_lesion_table(table_node, rows: LesionRows) -> None:
     table_node.SetAndObserveTable(table)
     table_node.SetAttribute("SSAE.lesionCount", str(rows.statistics.count))
     table_node.SetAttribute("SSAE.totalVolumeMl", repr(rows.statistics.total_ml))
+
+
+def add_atlas_transform(scene, transform: sitk.Transform, name: str):
+    """A linear transform node taking atlas (template) coordinates onto the scan (RAS).
+
+    Put the MNI template (or any atlas-space image) under it to see the registration.
+    """
+    flip = np.diag([-1.0, -1.0, 1.0])  # LPS <-> RAS
+    affine = sitk.AffineTransform(transform)
+    matrix = flip @ np.array(affine.GetMatrix()).reshape(3, 3) @ flip
+    offset = flip @ (np.array(affine.TransformPoint((0.0, 0.0, 0.0))))
+    vtk_matrix = vtk.vtkMatrix4x4()
+    for r in range(3):
+        for c in range(3):
+            vtk_matrix.SetElement(r, c, matrix[r, c])
+        vtk_matrix.SetElement(r, 3, offset[r])
+    node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", scene.GenerateUniqueName(name))
+    node.SetMatrixTransformToParent(vtk_matrix)
+    return node
