@@ -34,8 +34,8 @@ def _make_engine_importable() -> None:
 
 _make_engine_importable()
 
-from SSAEAnomalyLib import AnomalyLogic  # noqa: E402
-from SSAEAnomalyLib.dependencies import device_description, ensure_engine_dependencies  # noqa: E402
+from SSAEAnomalyLib import AnomalyLogic
+from SSAEAnomalyLib.dependencies import device_description, ensure_engine_dependencies
 
 DEVICES = ("auto", "cpu", "cuda")
 POLL_MS = 200
@@ -221,7 +221,9 @@ class SSAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             with slicer.util.tryWithErrorDisplay("Cannot load the results.", waitCursor=True):
                 rows = self.logic.load_detection(job, replace_previous=self.ui.replaceResultsCheckBox.checked)
-                self.ui.statusLabel.text = f"Done: {rows.statistics.count} lesion(s), {rows.statistics.total_ml:.2f} ml." + self._registrationWarnings()
+                self.ui.statusLabel.text = (
+                    f"Done: {rows.statistics.count} lesion(s), {rows.statistics.total_ml:.2f} ml." + self._registrationWarnings()
+                )
                 slicer.util.setSliceViewerLayers(
                     background=self.logic.parameters.input_volume,
                     foreground=self.logic.parameters.result_volume(self.logic.parameters.score_map),
@@ -343,7 +345,9 @@ class SSAEAnomalyTest(ScriptedLoadableModuleTest):
         loaded = slicer.util.loadLabelVolume(str(labelmap))
         self.assertEqual(loaded.GetImageData().GetDimensions(), volume.GetImageData().GetDimensions())
         logic.export_segmentation(folder / "anomalies.seg.nrrd")
-        with self.assertRaises(Exception):
+        from ssae.errors import SSAEError
+
+        with self.assertRaises(SSAEError):
             logic.export_segmentation(folder / "anomalies.seg.nrrd")  # never overwrites without asking
         shutil.rmtree(folder)
         self.delayDisplay("Test passed")

@@ -33,8 +33,8 @@ def _make_engine_importable() -> None:
 
 _make_engine_importable()
 
-from SSAEAnomalyLib.dependencies import device_description, ensure_engine_dependencies  # noqa: E402
-from SSAETrainingLib import TrainingRequest, load_request, parameter_node, save_request, start_training  # noqa: E402
+from SSAEAnomalyLib.dependencies import device_description, ensure_engine_dependencies
+from SSAETrainingLib import TrainingRequest, load_request, parameter_node, save_request, start_training
 
 VARIANTS = ("dense", "spatial", "vae")
 SIZES = ("64", "128", "256")
@@ -91,6 +91,8 @@ class SSAETrainingWidget(ScriptedLoadableModuleWidget):
         self.ui.variantComboBox.currentIndex = max(0, self.ui.variantComboBox.findText(request.variant))
         self.ui.levelsSpinBox.value = request.levels
         self.ui.sizeComboBox.currentIndex = max(0, self.ui.sizeComboBox.findText(str(request.size)))
+        self.ui.atlasCheckBox.checked = request.atlas
+        self.ui.biasCorrectionCheckBox.checked = request.bias_correction
         self.ui.epochsSpinBox.value = request.epochs
         self.ui.patienceSpinBox.value = request.patience
         self.ui.batchSizeSpinBox.value = request.batch_size
@@ -108,6 +110,8 @@ class SSAETrainingWidget(ScriptedLoadableModuleWidget):
             epochs=self.ui.epochsSpinBox.value,
             patience=self.ui.patienceSpinBox.value,
             batch_size=self.ui.batchSizeSpinBox.value,
+            atlas=self.ui.atlasCheckBox.checked,
+            bias_correction=self.ui.biasCorrectionCheckBox.checked,
             device=self.ui.deviceComboBox.currentText,
             resume=self.ui.resumeCheckBox.checked,
             overwrite=self.ui.overwriteCheckBox.checked,
@@ -194,8 +198,16 @@ class SSAETrainingTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Training a tiny model in the background")
         folder = Path(tempfile.mkdtemp())
         request = TrainingRequest(
-            data_folder=str(sample_case_dir().parent), output=str(folder / "tiny.safetensors"),
-            size=64, levels=2, epochs=2, patience=2, batch_size=8, device="cpu",
+            data_folder=str(sample_case_dir().parent),
+            output=str(folder / "tiny.safetensors"),
+            size=64,
+            levels=2,
+            epochs=2,
+            patience=2,
+            batch_size=8,
+            atlas=False,
+            bias_correction=False,
+            device="cpu",
         )
         python = shutil.which("PythonSlicer") or sys.executable
         job = start_training(request, python=python)

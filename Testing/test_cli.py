@@ -48,14 +48,24 @@ def test_detect_writes_maps_mask_and_summary_on_the_input_grid(tiny_model, small
     out = tmp_path / "out"
     assert main(["detect", str(tiny_model), str(image_path), "-o", str(out), "--format", "nrrd", "--figure", "--device", "cpu"]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["flair_aggregated.nrrd", "flair_level0.nrrd", "flair_level1.nrrd", "flair_level2.nrrd", "flair_lesion_mask.nrrd", "flair_summary.json", "flair_figure.png"])
+    assert names == sorted(
+        [
+            "flair_aggregated.nrrd",
+            "flair_level0.nrrd",
+            "flair_level1.nrrd",
+            "flair_level2.nrrd",
+            "flair_lesion_mask.nrrd",
+            "flair_summary.json",
+            "flair_figure.png",
+        ]
+    )
     reference = sitk.ReadImage(str(image_path))
     for name in names:
         if name.endswith(".nrrd"):
             output = sitk.ReadImage(str(out / name))
             assert output.GetSize() == reference.GetSize()
             assert np.allclose(output.GetOrigin(), reference.GetOrigin()) and np.allclose(output.GetDirection(), reference.GetDirection())
-    summary = json.loads((out / "flair_summary.json").read_text())
+    summary = json.loads((out / "flair_summary.json").read_text(encoding="utf-8"))
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "flair_lesion_mask.nrrd")))
     assert summary["total_volume_ml"] == pytest.approx(mask.sum() * np.prod(reference.GetSpacing()) / 1000, rel=1e-6)
     assert "lesion(s)" in capsys.readouterr().out
@@ -72,12 +82,12 @@ def test_info_and_evaluate(tiny_model, small_cases, tmp_path, capsys):
     assert "dense SSAE 64 px, 3 levels" in text and "threshold" in text and "level 0 (64 px" in text
     out = tmp_path / "eval"
     assert main(["evaluate", str(tiny_model), str(small_cases), "-o", str(out), "--device", "cpu"]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert set(metrics["pooled"]) == {"aggregated", "level 0", "level 1", "level 2", "intensity baseline"}
     for values in metrics["pooled"].values():
         assert 0 < values["auprc"] <= 1 and 0 < values["best_dice"] <= 1
     assert "dice_at_threshold" in metrics["pooled"]["aggregated"]
-    assert (out / "cases.csv").read_text().count("\n") == 3 and (out / "pr_curve.png").stat().st_size > 1000
+    assert (out / "cases.csv").read_text(encoding="utf-8").count("\n") == 3 and (out / "pr_curve.png").stat().st_size > 1000
 
 
 def test_bad_images_are_refused_with_one_line(untrained_model, tmp_path, capsys):
@@ -103,7 +113,19 @@ def test_brain_mask_with_other_geometry_is_refused(untrained_model, small_cases,
     mask = sitk.Cast(image > 0, sitk.sitkUInt8)
     mask.SetSpacing([s * 1.5 for s in image.GetSpacing()])
     sitk.WriteImage(mask, str(tmp_path / "mask.nii.gz"))
-    _fails(capsys, ["detect", untrained_model, small_cases / "patient07" / "flair.nii.gz", "--brain-mask", tmp_path / "mask.nii.gz", "-o", tmp_path / "o"], "does not match")
+    _fails(
+        capsys,
+        [
+            "detect",
+            untrained_model,
+            small_cases / "patient07" / "flair.nii.gz",
+            "--brain-mask",
+            tmp_path / "mask.nii.gz",
+            "-o",
+            tmp_path / "o",
+        ],
+        "does not match",
+    )
 
 
 def test_bad_training_data_and_checkpoints(untrained_model, small_cases, tmp_path, capsys):
@@ -132,7 +154,7 @@ def test_demo_runs_on_the_shipped_model_and_data(tmp_path, capsys):
     assert main(["demo", "-o", str(out), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "FLAIR intensity baseline" in printed and "demo_figure.png" in printed
-    metrics = json.loads((out / "demo_metrics.json").read_text())
+    metrics = json.loads((out / "demo_metrics.json").read_text(encoding="utf-8"))
     for entry in metrics.values():
         assert 0 < entry["auprc"] <= 1 and 0 < entry["best_dice"] <= 1
     truth = sitk.ReadImage(str(Path(__file__).resolve().parent.parent / "Resources/SampleData/MSLUB/patient19/consensus_gt.nii.gz"))

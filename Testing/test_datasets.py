@@ -39,7 +39,7 @@ def test_brats_layout_and_flat_folder_and_csv(tmp_path):
     assert [(c.name, c.brain_mask is not None, c.label is not None) for c in cases] == [("sub01", True, False), ("sub02", False, True)]
 
     manifest = tmp_path / "cases.csv"
-    manifest.write_text("case,image,label\nfirst,flat/sub01_flair.nii.gz,flat/sub02_lesion.nii.gz\n")
+    manifest.write_text("case,image,label\nfirst,flat/sub01_flair.nii.gz,flat/sub02_lesion.nii.gz\n", encoding="utf-8")
     (case,) = find_cases(manifest)
     assert case.name == "first" and case.label == (flat / "sub02_lesion.nii.gz").resolve()
 

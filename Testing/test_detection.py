@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import oblique_direction
+
 from ssae.checkpoint import read_model_card
 from ssae.detection import DetectionCancelled, Detector
 from ssae.volume_io import read_mask, read_volume

@@ -3,10 +3,17 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import make_volume, oblique_direction
+
 from ssae.errors import SSAEError
-from ssae.preprocessing import PreprocessingSettings, foreground_mask, intensity_normalisation, prepare_volume, resample_to_grid, to_input_grid
+from ssae.preprocessing import (
+    PreprocessingSettings,
+    foreground_mask,
+    intensity_normalisation,
+    prepare_volume,
+    resample_to_grid,
+    to_input_grid,
+)
 from ssae.volume_io import read_volume
 
 SETTINGS = PreprocessingSettings(size=64)
@@ -80,3 +87,29 @@ def test_empty_brain_mask_is_refused(flair):
     empty.CopyInformation(flair)
     with pytest.raises(SSAEError, match="empty"):
         prepare_volume(flair, SETTINGS, empty)
+
+
+def test_a_dicom_series_folder_reads_like_the_volume_it_came_from(tmp_path):
+    rng = np.random.default_rng(0)
+    array = (rng.random((6, 32, 40)) * 1000).astype(np.int16)
+    image = make_volume(array, spacing=(0.8, 0.9, 3.0), origin=(-10.0, 20.0, 5.0))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    series = "1.2.826.0.1.3680043.2.1125.1"
+    for k in range(image.GetDepth()):
+        slice_image = image[:, :, k]
+        for tag, value in (
+            ("0020|000e", series),
+            ("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k))))),
+            ("0020|0037", "1\\0\\0\\0\\1\\0"),
+            ("0020|0013", str(k + 1)),
+            ("0008|0060", "MR"),
+        ):
+            slice_image.SetMetaData(tag, value)
+        writer.SetFileName(str(tmp_path / f"slice{k:03d}.dcm"))
+        writer.Execute(slice_image)
+    loaded = read_volume(tmp_path)
+    assert loaded.GetSize() == image.GetSize()
+    assert np.allclose(loaded.GetSpacing(), image.GetSpacing(), atol=1e-3)
+    assert np.allclose(loaded.GetOrigin(), image.GetOrigin(), atol=1e-3)
+    assert np.array_equal(sitk.GetArrayFromImage(loaded), array)

@@ -7,7 +7,17 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from ssae.pyramid import KERNEL_TAPS, SIGMA, decompose, downsample, expand_to, gaussian_kernel_1d, gaussian_mass_inside_taps, reconstruct, upsample
+from ssae.pyramid import (
+    KERNEL_TAPS,
+    SIGMA,
+    decompose,
+    downsample,
+    expand_to,
+    gaussian_kernel_1d,
+    gaussian_mass_inside_taps,
+    reconstruct,
+    upsample,
+)
 
 
 def test_sigma_keeps_more_than_99_percent_of_the_mass_inside_five_taps():

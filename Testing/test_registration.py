@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import REPO
 
-from conftest import REPO, downsample
 from ssae.cli import main
 from ssae.errors import SSAEError
 from ssae.preprocessing import PreprocessingSettings, prepare_volume, resample_to_grid, to_input_grid
@@ -117,7 +117,7 @@ def test_contrast_check_recognises_flair_and_warns_for_t2_like_and_ct_like_scans
     image = sitk.Cast(sitk.ReadImage(str(small_cases / "patient07" / "flair.nii.gz")), sitk.sitkFloat32)
     transform = align_to_atlas(image).transform
     medians, warning = contrast_check(image, transform)
-    assert warning == "" and medians["csf"] < medians["grey_matter"]
+    assert warning == "" and medians["csf"] < medians["grey_matter"], medians
     brain = image != 0
     t2_like = sitk.Cast(brain, sitk.sitkFloat32) * (sitk.Cast(image, sitk.sitkFloat32) * -1.0 + 200.0)  # CSF now brightest
     assert "T2" in contrast_check(t2_like, transform)[1]
@@ -150,3 +150,14 @@ def test_slicer_logic_shows_atlas_results_and_the_registration_transform(clinica
     assert transforms.GetNumberOfItems() == 1
     node = logic.parameters.result_volume("aggregated")
     assert node.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
+
+
+def test_a_given_brain_mask_guides_the_registration_and_is_kept(small_cases):
+    image = sitk.ReadImage(str(small_cases / "patient19" / "flair.nii.gz"))
+    mask = sitk.Cast(image != 0, sitk.sitkUInt8)
+    alignment = align_to_atlas(image, mask)
+    assert alignment.quality.passed, alignment.quality.message
+    assert np.array_equal(sitk.GetArrayFromImage(alignment.brain_mask), sitk.GetArrayFromImage(mask))
+    unguided = align_to_atlas(image).transform
+    point = load_atlas().brain.TransformContinuousIndexToPhysicalPoint([98.0, 116.0, 94.0])
+    assert np.linalg.norm(np.array(alignment.transform.TransformPoint(point)) - np.array(unguided.TransformPoint(point))) < 4.0

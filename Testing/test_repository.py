@@ -6,7 +6,7 @@ from conftest import REPO
 
 
 def _readme_commands() -> list[str]:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "README.md").read_text(encoding="utf-8")
     setup = text.split("## Set up and run", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```bash\n(.*?)\n```", setup, flags=re.S)
 
@@ -14,7 +14,7 @@ def _readme_commands() -> list[str]:
 def test_ci_runs_exactly_the_readme_test_command():
     demo, tests = _readme_commands()
     assert "ssae demo" in demo and "pytest" in tests
-    ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
     assert tests.strip() in ci_lines
 
 

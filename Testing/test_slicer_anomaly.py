@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
 import nrrd
+import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicerio
 import vtk
-
 from conftest import SAMPLES, oblique_direction
 from SSAEAnomalyLib import AnomalyLogic, AnomalyParameters, image_from_volume_node, update_volume_node_from_image
 from SSAEAnomalyLib.slice_rendering import SliceViewRenderer, headless_scene
 from SSAEAnomalyLib.volumes import array_from_volume_node
+
 from ssae.background import wait_for
 from ssae.errors import SSAEError
 
@@ -113,7 +113,12 @@ def test_exports_keep_the_input_geometry_and_refuse_to_overwrite(oblique_scene, 
     voxel_ml = np.prod(reference.GetSpacing()) / 1000
     assert sitk.GetArrayFromImage(mask).astype(bool).sum() * voxel_ml == pytest.approx(rows.statistics.total_ml, rel=1e-6)
     info = slicerio.read_segmentation(str(segmentation))
-    assert [s["name"] for s in info["segments"]] == ["Anomaly aggregated", "Anomaly level 0 (64 px)", "Anomaly level 1 (32 px)", "Anomaly level 2 (16 px)"]
+    assert [s["name"] for s in info["segments"]] == [
+        "Anomaly aggregated",
+        "Anomaly level 0 (64 px)",
+        "Anomaly level 1 (32 px)",
+        "Anomaly level 2 (16 px)",
+    ]
     data, header = nrrd.read(str(segmentation))
     assert header["space"] == "left-posterior-superior"
     assert np.allclose(header["space origin"], reference.GetOrigin(), atol=1e-3)

@@ -6,9 +6,9 @@ import time
 from dataclasses import replace
 
 import pytest
-
-from SSAETrainingLib import TrainingProgress, TrainingRequest, load_request, parameter_node, save_request, start_training
 from SSAEAnomalyLib.slice_rendering import headless_scene
+from SSAETrainingLib import TrainingProgress, TrainingRequest, load_request, parameter_node, save_request, start_training
+
 from ssae.background import wait_for
 from ssae.checkpoint import read_model_card
 from ssae.errors import SSAEError
@@ -16,8 +16,16 @@ from ssae.errors import SSAEError
 
 def _request(small_cases, tmp_path, **changes) -> TrainingRequest:
     base = TrainingRequest(
-        data_folder=str(small_cases), output=str(tmp_path / "model.safetensors"), size=64, levels=2,
-        epochs=2, patience=2, batch_size=8, device="cpu",
+        data_folder=str(small_cases),
+        output=str(tmp_path / "model.safetensors"),
+        size=64,
+        levels=2,
+        epochs=2,
+        patience=2,
+        batch_size=8,
+        atlas=False,
+        bias_correction=False,
+        device="cpu",
     )
     return replace(base, **changes)
 
@@ -27,7 +35,8 @@ def test_request_becomes_the_matching_command_line(small_cases, tmp_path):
     args = request.arguments(tmp_path / "p.jsonl")
     assert args[:4] == ["train", str(small_cases), "-o", str(tmp_path / "model.safetensors")]
     assert args[args.index("--variant") + 1] == "vae" and args[args.index("--levels") + 1] == "2"
-    assert "--brain-masks" in args and "--resume" not in args
+    assert "--brain-masks" in args and "--resume" not in args and "--atlas" not in args
+    assert {"--atlas", "--bias-correction"} <= set(replace(request, atlas=True, bias_correction=True).arguments(tmp_path / "p.jsonl"))
     with pytest.raises(SSAEError, match="healthy scans"):
         replace(request, data_folder=str(tmp_path / "missing")).check()
     with pytest.raises(SSAEError, match=".safetensors"):
@@ -39,12 +48,25 @@ def test_request_becomes_the_matching_command_line(small_cases, tmp_path):
 
 def test_progress_fraction_follows_levels_coarsest_first():
     progress = TrainingProgress()
-    progress.update({"event": "start", "levels": 2, "max_epochs": 4, "model": "m", "train_slices": 10, "train_subjects": 2, "val_subjects": 1, "device": "CPU"})
+    progress.update(
+        {
+            "event": "start",
+            "levels": 2,
+            "max_epochs": 4,
+            "model": "m",
+            "train_slices": 10,
+            "train_subjects": 2,
+            "val_subjects": 1,
+            "device": "CPU",
+        }
+    )
     progress.update({"event": "step", "level": 1, "epoch": 1, "step": 5, "steps": 10, "loss": 0.1, "eta_s": 30})
     assert progress.fraction == pytest.approx(1.5 / 4 / 2)
     progress.update({"event": "level_done", "level": 1, "epochs": 3, "best_val_loss": 0.1})
     assert progress.fraction == pytest.approx(0.5)
-    progress.update({"event": "epoch", "level": 0, "epoch": 2, "train_loss": 0.1, "val_loss": 0.2, "best_val_loss": 0.2, "bad_epochs": 0, "eta_s": 5})
+    progress.update(
+        {"event": "epoch", "level": 0, "epoch": 2, "train_loss": 0.1, "val_loss": 0.2, "best_val_loss": 0.2, "bad_epochs": 0, "eta_s": 5}
+    )
     assert progress.fraction == pytest.approx(0.75) and "validation 0.2" in progress.status
     progress.update({"event": "done", "model": "out.safetensors", "duration_s": 1.0})
     assert progress.finished and not progress.failed and progress.fraction == 1.0
@@ -79,7 +101,9 @@ def test_cancel_ends_the_process_and_the_run_resumes(small_cases, tmp_path):
 
 def test_panel_state_is_kept_in_the_scene():
     scene, _ = headless_scene()
-    request = TrainingRequest(data_folder="/data/healthy", output="/models/m.safetensors", variant="spatial", levels=4, size=256, epochs=30, overwrite=True)
+    request = TrainingRequest(
+        data_folder="/data/healthy", output="/models/m.safetensors", variant="spatial", levels=4, size=256, epochs=30, overwrite=True
+    )
     save_request(parameter_node(scene), request)
     assert load_request(parameter_node(scene)) == request
     assert load_request(parameter_node(headless_scene()[0])) == TrainingRequest("", "")

@@ -14,20 +14,28 @@ from ssae.suite import CSV_COLUMNS, Profile, bootstrap_intervals, run_suite
 
 
 def test_two_models_two_cases_give_a_well_formed_report(small_cases, tmp_path):
-    profile = Profile("test", ssae_size=64, ssae_levels=2, plain_sizes=(64,), max_epochs=1, patience=1, variants=("dense",), threshold_percentile=99.0)
+    profile = Profile(
+        "test", ssae_size=64, ssae_levels=2, plain_sizes=(64,), max_epochs=1, patience=1, variants=("dense",), threshold_percentile=99.0
+    )
     paths = run_suite(small_cases, {"mslub": (small_cases, "manual")}, tmp_path / "report", profile, log=lambda m: None)
-    with open(paths["csv"]) as handle:
+    with open(paths["csv"], encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == CSV_COLUMNS
     models = {(r["model"], r["map"]) for r in rows}
-    assert {("SSAE dense", "aggregated"), ("SSAE dense", "64 px"), ("SSAE dense", "32 px"), ("AE dense 64", "aggregated"),
-            ("FLAIR intensity", "-"), ("FLAIR intensity + prior", "-")} <= models
+    assert {
+        ("SSAE dense", "aggregated"),
+        ("SSAE dense", "64 px"),
+        ("SSAE dense", "32 px"),
+        ("AE dense 64", "aggregated"),
+        ("FLAIR intensity", "-"),
+        ("FLAIR intensity + prior", "-"),
+    } <= models
     for row in rows:
         assert row["cases"] == "2" and row["dataset"] == "mslub"
         auprc, low, high = float(row["auprc"]), float(row["auprc_ci_low"]), float(row["auprc_ci_high"])
         assert 0 < auprc <= 1 and 0 <= low <= high <= 1
     assert rows[0]["dice_at_threshold"] != ""  # the SSAE's calibrated threshold was used
-    table = paths["markdown"].read_text()
+    table = paths["markdown"].read_text(encoding="utf-8")
     assert "| SSAE dense | aggregated |" in table and "bootstrap" in table
     for figure in ("fidelity", "pr_curves", "panels"):
         assert paths[figure].read_bytes().startswith(b"\x89PNG")

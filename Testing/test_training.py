@@ -18,7 +18,7 @@ from ssae.errors import SSAEError, TrainingInterrupted
 from ssae.models import build_model
 from ssae.progress import ProgressLog
 from ssae.pyramid import decompose, upsample
-from ssae.training import Trainer, split_subjects, train
+from ssae.training import Trainer, split_subjects
 
 
 def test_level_loss_is_eq3_and_only_the_training_level_gets_gradients(tiny_config, small_cases, tmp_path):
@@ -113,16 +113,42 @@ def test_torchrun_ddp_on_two_processes(small_cases, tmp_path):
     out = tmp_path / "ddp.safetensors"
     log = tmp_path / "progress.jsonl"
     command = [
-        torchrun, "--standalone", "--nproc_per_node=2", "-m", "ssae.cli", "train", str(small_cases), "-o", str(out),
-        "--size", "64", "--levels", "2", "--base-filters", "8", "--max-filters", "16", "--latent-dim", "16",
-        "--epochs", "1", "--val-fraction", "0.5", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"),
-        "--progress-log", str(log), "--quiet",
+        torchrun,
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "ssae.cli",
+        "train",
+        str(small_cases),
+        "-o",
+        str(out),
+        "--size",
+        "64",
+        "--levels",
+        "2",
+        "--base-filters",
+        "8",
+        "--max-filters",
+        "16",
+        "--latent-dim",
+        "16",
+        "--epochs",
+        "1",
+        "--val-fraction",
+        "0.5",
+        "--device",
+        "cpu",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--progress-log",
+        str(log),
+        "--quiet",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     card = read_model_card(out)
     assert card["training"]["world_size"] == 2
-    events = [json.loads(line) for line in log.read_text().splitlines()]
+    events = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
     starts = [e for e in events if e["event"] == "start"]
     assert len(starts) == 1 and starts[0]["world_size"] == 2  # only rank 0 writes

@@ -24,14 +24,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ssae.checkpoint import ModelCard, Threshold, save_model  # noqa: E402
-from ssae.detection import Detector  # noqa: E402
-from ssae.detection_files import detection_summary, write_detection  # noqa: E402
-from ssae.devices import describe_device, resolve_device  # noqa: E402
-from ssae.models import Architecture, build_model, count_parameters  # noqa: E402
-from ssae.postprocessing import PostprocessingSettings  # noqa: E402
-from ssae.preprocessing import PreprocessingSettings  # noqa: E402
-from ssae.volume_io import read_volume  # noqa: E402
+from ssae.checkpoint import ModelCard, Threshold, save_model
+from ssae.detection import Detector
+from ssae.detection_files import detection_summary, write_detection
+from ssae.devices import describe_device, resolve_device
+from ssae.models import Architecture, build_model, count_parameters
+from ssae.postprocessing import PostprocessingSettings
+from ssae.preprocessing import PreprocessingSettings
+from ssae.volume_io import read_volume
 
 SAMPLE = Path(__file__).resolve().parent.parent / "Resources" / "SampleData" / "MSLUB" / "patient19" / "flair.nii.gz"
 

@@ -19,10 +19,10 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ssae.datasets import find_cases  # noqa: E402
-from ssae.preprocessing import foreground_mask  # noqa: E402
-from ssae.registration import align_to_atlas, bias_correct, load_atlas, warp_atlas_brain  # noqa: E402
-from ssae.volume_io import read_mask, read_volume  # noqa: E402
+from ssae.datasets import find_cases
+from ssae.preprocessing import foreground_mask
+from ssae.registration import align_to_atlas, bias_correct, load_atlas, warp_atlas_brain
+from ssae.volume_io import read_mask, read_volume
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -35,7 +35,12 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1, help="use every n-th NiChart subject")
     args = parser.parse_args()
     load_atlas()
-    sets = {"clinical-raw": [], "mslub": find_cases(args.data / "mslub"), "brats2015": find_cases(args.data / "brats2015"), "nichart": find_cases(args.data / "nichart")[:: args.every]}
+    sets = {
+        "clinical-raw": [],
+        "mslub": find_cases(args.data / "mslub"),
+        "brats2015": find_cases(args.data / "brats2015"),
+        "nichart": find_cases(args.data / "nichart")[:: args.every],
+    }
     sets["clinical-raw"] = find_cases(args.data / "clinical-raw")
     print(f"{'set':13s} {'scan':24s} {'N4 s':>6s} {'reg s':>6s} {'check':>6s} {'in head':>8s} {'Dice warped':>12s} {'Dice cleaned':>12s}")
     summary: dict[str, list[float]] = {}
@@ -55,7 +60,10 @@ def main() -> None:
                 summary.setdefault(name, []).append(d_c)
                 warped_text, cleaned_text = f"{d_w:.3f}", f"{d_c:.3f}"
             quality = alignment.quality
-            print(f"{name:13s} {case.name[:24]:24s} {t_n4:6.1f} {alignment.seconds:6.1f} {'ok' if quality.passed else 'FAIL':>6s} {quality.brain_inside_head:8.2f} {warped_text:>12s} {cleaned_text:>12s}", flush=True)
+            print(
+                f"{name:13s} {case.name[:24]:24s} {t_n4:6.1f} {alignment.seconds:6.1f} {'ok' if quality.passed else 'FAIL':>6s} {quality.brain_inside_head:8.2f} {warped_text:>12s} {cleaned_text:>12s}",
+                flush=True,
+            )
     for name, values in summary.items():
         print(f"{name}: mean Dice {np.mean(values):.3f} (min {np.min(values):.3f}, max {np.max(values):.3f}, n={len(values)})")
 

@@ -22,16 +22,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "SSAEAnomaly")]
 
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import SimpleITK as sitk
+from SSAEAnomalyLib import AnomalyLogic, update_volume_node_from_image
+from SSAEAnomalyLib.slice_rendering import SliceViewRenderer, headless_scene
 
-from SSAEAnomalyLib import AnomalyLogic, update_volume_node_from_image  # noqa: E402
-from SSAEAnomalyLib.slice_rendering import SliceViewRenderer, headless_scene  # noqa: E402
-from ssae.resources import default_model_path, sample_case_dir  # noqa: E402
+from ssae.resources import default_model_path, sample_case_dir
 
 
 def main() -> None:
@@ -59,15 +59,28 @@ def main() -> None:
 
     panels = []
     with tempfile.TemporaryDirectory() as tmp:
-        panels.append((renderer.save_png(Path(tmp) / "a.png", offset), f"calibrated threshold {calibrated:.3f}: {calibrated_rows.statistics.count} lesions, {calibrated_rows.statistics.total_ml:.1f} ml"))
+        panels.append(
+            (
+                renderer.save_png(Path(tmp) / "a.png", offset),
+                f"calibrated threshold {calibrated:.3f}: {calibrated_rows.statistics.count} lesions, {calibrated_rows.statistics.total_ml:.1f} ml",
+            )
+        )
         lowered = logic.apply_threshold(calibrated * 0.6)
-        panels.append((renderer.save_png(Path(tmp) / "b.png", offset), f"slider at {calibrated * 0.6:.3f}: {lowered.statistics.count} lesions, {lowered.statistics.total_ml:.1f} ml"))
+        panels.append(
+            (
+                renderer.save_png(Path(tmp) / "b.png", offset),
+                f"slider at {calibrated * 0.6:.3f}: {lowered.statistics.count} lesions, {lowered.statistics.total_ml:.1f} ml",
+            )
+        )
         fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5.4))
         for ax, (path, title) in zip(axes, panels):
             ax.imshow(plt.imread(path))
             ax.set_title(title, fontsize=9)
             ax.axis("off")
-        fig.suptitle("SSAE Anomaly, Slicer's axial view rendered headless: aggregated score as heat overlay, segment 'Anomaly aggregated'", fontsize=9)
+        fig.suptitle(
+            "SSAE Anomaly, Slicer's axial view rendered headless: aggregated score as heat overlay, segment 'Anomaly aggregated'",
+            fontsize=9,
+        )
         fig.tight_layout()
         args.output_dir.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.output_dir / "slicer_views.png", dpi=100)
@@ -98,7 +111,10 @@ def render_clinical(output: Path, device: str) -> None:
             for ax, k in zip(axes[row], picks):
                 offset = image.TransformContinuousIndexToPhysicalPoint((centre[0], centre[1], k))[2]
                 ax.imshow(plt.imread(renderer.save_png(Path(tmp) / f"{row}_{k}.png", offset)))
-                ax.set_title(f"acquired slice {k}; threshold {calibrated * factor:.3f}: {rows.statistics.count} lesions, {rows.statistics.total_ml:.2f} ml", fontsize=8)
+                ax.set_title(
+                    f"acquired slice {k}; threshold {calibrated * factor:.3f}: {rows.statistics.count} lesions, {rows.statistics.total_ml:.2f} ml",
+                    fontsize=8,
+                )
                 ax.axis("off")
         quality = logic.registration or {}
         fig.suptitle(

@@ -19,8 +19,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ssae.postprocessing import PostprocessingSettings  # noqa: E402
-from ssae.suite import PROFILES, run_suite  # noqa: E402
+from ssae.postprocessing import PostprocessingSettings
+from ssae.suite import PROFILES, run_suite
 
 
 def main() -> None:
@@ -42,7 +42,15 @@ def main() -> None:
         "brats": (args.data / "brats2015", "manual"),
         "nichart-wmh": (args.data / "nichart", "automatic"),
     }
-    paths = run_suite(args.data / "nichart", tests, output, PROFILES[args.profile], seed=args.seed, postprocessing=settings, log=lambda m: print(m, flush=True))
+    paths = run_suite(
+        args.data / "nichart",
+        tests,
+        output,
+        PROFILES[args.profile],
+        seed=args.seed,
+        postprocessing=settings,
+        log=lambda m: print(m, flush=True),
+    )
     for name, path in paths.items():
         print(f"{name:>10s}: {path}")
 

@@ -19,16 +19,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ssae.devices import describe_device, resolve_device  # noqa: E402
-from ssae.models import Architecture, build_model, count_parameters  # noqa: E402
-from ssae.preprocessing import PreprocessingSettings, prepare_volume  # noqa: E402
-from ssae.training import level_loss  # noqa: E402
-from ssae.volume_io import read_volume  # noqa: E402
+from ssae.devices import describe_device, resolve_device
+from ssae.models import Architecture, build_model, count_parameters
+from ssae.preprocessing import PreprocessingSettings, prepare_volume
+from ssae.training import level_loss
+from ssae.volume_io import read_volume
 
 SAMPLE = Path(__file__).resolve().parent.parent / "Resources" / "SampleData" / "MSLUB" / "patient19" / "flair.nii.gz"
 
 
-def throughput(arch: Architecture, slices: np.ndarray, device: torch.device, level: int, steps: int, batch: int, amp: torch.dtype | None) -> float:
+def throughput(
+    arch: Architecture, slices: np.ndarray, device: torch.device, level: int, steps: int, batch: int, amp: torch.dtype | None
+) -> float:
     model = build_model(arch).to(device)
     for k, net in enumerate(model.nets):
         net.requires_grad_(k == level)
@@ -70,8 +72,15 @@ def main() -> None:
     slices = prepare_volume(read_volume(SAMPLE), PreprocessingSettings(size=args.size)).slices
     modes: list[tuple[str, torch.dtype | None]] = [("fp32", None)]
     if device.type == "cuda":
-        modes.append(("amp " + ("bf16" if torch.cuda.is_bf16_supported() else "fp16"), torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16))
-    print(f"device: {describe_device(device)}; {arch.name}, {count_parameters(arch):,} parameters; batch {args.batch_size}, {args.steps} timed steps per level")
+        modes.append(
+            (
+                "amp " + ("bf16" if torch.cuda.is_bf16_supported() else "fp16"),
+                torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
+            )
+        )
+    print(
+        f"device: {describe_device(device)}; {arch.name}, {count_parameters(arch):,} parameters; batch {args.batch_size}, {args.steps} timed steps per level"
+    )
     print(f"{'level':>6s} {'side':>5s} " + " ".join(f"{name + ' slices/s':>18s}" for name, _ in modes))
     for level in range(arch.levels - 1, -1, -1):
         rates = [throughput(arch, slices, device, level, args.steps, args.batch_size, amp) for _, amp in modes]

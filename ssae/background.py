@@ -23,11 +23,13 @@ from typing import Any
 
 
 def engine_environment() -> dict[str, str]:
-    """The current environment, with this ``ssae`` package importable and output unbuffered."""
+    """The current environment, with this ``ssae`` package importable and output unbuffered
+    UTF-8 (the parent reads it as UTF-8 whatever locale the host application set)."""
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
     return env
 
 
@@ -38,7 +40,9 @@ class BackgroundCommand:
     :func:`engine_environment`.
     """
 
-    def __init__(self, args: list[str], python: str | None = None, env: dict[str, str] | None = None, progress_log: Path | None = None) -> None:
+    def __init__(
+        self, args: list[str], python: str | None = None, env: dict[str, str] | None = None, progress_log: Path | None = None
+    ) -> None:
         self.command = [python or sys.executable, "-m", "ssae.cli", *args]
         self.env = env or engine_environment()
         self.progress = ProgressFollower(progress_log) if progress_log else None
@@ -53,7 +57,15 @@ class BackgroundCommand:
         else:
             options["start_new_session"] = True  # its own process group: cancel reaches children too
         self.process = subprocess.Popen(
-            self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=self.env, **options
+            self.command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1,
+            env=self.env,
+            **options,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

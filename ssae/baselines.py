@@ -14,7 +14,9 @@ import SimpleITK as sitk
 from .preprocessing import PreparedVolume
 
 
-def intensity_score(image: sitk.Image, prepared: PreparedVolume, hyperintensity_prior: bool = False, prior_percentile: float = 90.0) -> np.ndarray:
+def intensity_score(
+    image: sitk.Image, prepared: PreparedVolume, hyperintensity_prior: bool = False, prior_percentile: float = 90.0
+) -> np.ndarray:
     """Normalised FLAIR intensity inside the brain, as a [z, y, x] array on the input grid.
 
     With ``hyperintensity_prior``, voxels below the brain's ``prior_percentile``-th intensity

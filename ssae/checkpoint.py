@@ -88,7 +88,7 @@ class ModelCard:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelCard":
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
         try:
             threshold = data["threshold"]
             return cls(
@@ -126,7 +126,9 @@ def describe_layers(arch: Architecture) -> list[str]:
         if arch.variant == "spatial":
             code = f"spatial code {convs[-1].out_channels}x{net.grid}x{net.grid}"
         else:
-            code = f"1x1 conv to {arch.dense_channels}, dense z={arch.latent_dim}" + (" (mean, log-variance)" if arch.variant == "vae" else "")
+            code = f"1x1 conv to {arch.dense_channels}, dense z={arch.latent_dim}" + (
+                " (mean, log-variance)" if arch.variant == "vae" else ""
+            )
         params = sum(p.numel() for p in net.parameters())
         lines.append(
             f"level {level} ({side} px, {what}): {len(convs)} stride-2 5x5 convs [{filters}] to "

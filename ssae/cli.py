@@ -30,19 +30,38 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ssae {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    train = commands.add_parser("train", help="train a model on a folder of healthy scans", description="Train a scale-space (or plain) autoencoder on healthy FLAIR scans, level by level, and write one model file with its model card.")
+    train = commands.add_parser(
+        "train",
+        help="train a model on a folder of healthy scans",
+        description="Train a scale-space (or plain) autoencoder on healthy FLAIR scans, level by level, and write one model file with its model card.",
+    )
     train.add_argument("data", type=Path, help="folder of healthy scans (one subfolder per subject, or flat) or a CSV manifest")
     train.add_argument("-o", "--output", type=Path, required=True, help="model file to write (.safetensors)")
-    train.add_argument("--brain-masks", type=Path, help="folder of brain masks named after the subjects (else masks beside the scans, else a foreground mask)")
+    train.add_argument(
+        "--brain-masks",
+        type=Path,
+        help="folder of brain masks named after the subjects (else masks beside the scans, else a foreground mask)",
+    )
     model = train.add_argument_group("model")
-    model.add_argument("--variant", choices=("dense", "spatial", "vae"), default="dense", help="bottleneck: dense AE, spatial AE or dense VAE (default: dense)")
+    model.add_argument(
+        "--variant",
+        choices=("dense", "spatial", "vae"),
+        default="dense",
+        help="bottleneck: dense AE, spatial AE or dense VAE (default: dense)",
+    )
     model.add_argument("--size", type=int, default=256, help="input size in pixels, a power of two (default: 256)")
     model.add_argument("--levels", type=int, default=4, help="pyramid levels; 1 trains a plain single-resolution autoencoder (default: 4)")
-    model.add_argument("--base-filters", type=int, help="filters of the first convolution (default: 16 for scale-space, 32 for plain models)")
+    model.add_argument(
+        "--base-filters", type=int, help="filters of the first convolution (default: 16 for scale-space, 32 for plain models)"
+    )
     model.add_argument("--max-filters", type=int, help="filter cap (default: 96 for scale-space, 128 for plain models)")
     model.add_argument("--latent-dim", type=int, default=128, help="dense bottleneck size (default: 128)")
     prep = train.add_argument_group("preprocessing (stored in the model card; detection repeats it)")
-    prep.add_argument("--atlas", action="store_true", help="register every scan to the MNI152 template and work on the atlas's slice grid (for raw scans with skull and any orientation)")
+    prep.add_argument(
+        "--atlas",
+        action="store_true",
+        help="register every scan to the MNI152 template and work on the atlas's slice grid (for raw scans with skull and any orientation)",
+    )
     prep.add_argument("--bias-correction", action="store_true", help="N4 bias-field correction before everything else")
     fit = train.add_argument_group("optimisation")
     fit.add_argument("--epochs", type=int, default=100, help="maximum epochs per level (default: 100)")
@@ -51,9 +70,16 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
     fit.add_argument("--val-fraction", type=float, default=0.2, help="share of subjects held out for validation (default: 0.2)")
     fit.add_argument("--seed", type=int, default=0, help="random seed, recorded in the model card (default: 0)")
-    fit.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on with CUDA, off on CPU)")
+    fit.add_argument(
+        "--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on with CUDA, off on CPU)"
+    )
     post = train.add_argument_group("detection settings stored in the model card")
-    post.add_argument("--threshold-percentile", type=float, default=99.9, help="label-free threshold: this percentile of healthy validation scores (default: 99.9)")
+    post.add_argument(
+        "--threshold-percentile",
+        type=float,
+        default=99.9,
+        help="label-free threshold: this percentile of healthy validation scores (default: 99.9)",
+    )
     post.add_argument("--median-size", type=int, default=5, help="3D median filter size in voxels, 1 disables (default: 5)")
     post.add_argument("--brain-erosion", type=int, default=2, help="in-plane erosion of the brain mask in pixels (default: 2)")
     post.add_argument("--min-lesion-mm3", type=float, default=10.0, help="drop mask components smaller than this (default: 10)")
@@ -66,10 +92,16 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar on the terminal")
     _add_device(train)
 
-    detect = commands.add_parser("detect", help="anomaly maps and lesion mask for one volume", description="Run a model on one FLAIR volume; write residual maps per level, the aggregated score, the lesion mask (all on the input's grid) and a JSON summary.")
+    detect = commands.add_parser(
+        "detect",
+        help="anomaly maps and lesion mask for one volume",
+        description="Run a model on one FLAIR volume; write residual maps per level, the aggregated score, the lesion mask (all on the input's grid) and a JSON summary.",
+    )
     detect.add_argument("model", type=Path, help="model file (.safetensors)")
     detect.add_argument("image", type=Path, help="FLAIR volume (NIfTI, NRRD, MHA, ... or a DICOM series folder)")
-    detect.add_argument("-o", "--output-dir", type=Path, default=Path("ssae-output"), help="folder for the results (default: ./ssae-output)")
+    detect.add_argument(
+        "-o", "--output-dir", type=Path, default=Path("ssae-output"), help="folder for the results (default: ./ssae-output)"
+    )
     detect.add_argument("--brain-mask", type=Path, help="brain mask on the image's grid (default: robust foreground mask)")
     detect.add_argument("--threshold", type=float, help="lesion threshold (default: the model's calibrated threshold)")
     detect.add_argument("--format", default="nii.gz", choices=("nii.gz", "nrrd", "nii", "mha"), help="output format (default: nii.gz)")
@@ -80,20 +112,34 @@ def _build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--overwrite", action="store_true", help="replace existing result files")
     _add_device(detect)
 
-    evaluate = commands.add_parser("evaluate", help="metrics on a labelled test set", description="Detect on every labelled scan of a data set and write AUPRC, [DICE], Dice at the calibrated threshold (per case and pooled), the intensity baseline, and a PR curve.")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="metrics on a labelled test set",
+        description="Detect on every labelled scan of a data set and write AUPRC, [DICE], Dice at the calibrated threshold (per case and pooled), the intensity baseline, and a PR curve.",
+    )
     evaluate.add_argument("model", type=Path, help="model file (.safetensors)")
-    evaluate.add_argument("data", type=Path, help="folder of labelled scans (MSLUB, BraTS layouts) or a CSV manifest (image, label, brain_mask)")
-    evaluate.add_argument("-o", "--output-dir", type=Path, default=Path("ssae-evaluation"), help="folder for metrics.json, cases.csv, pr_curve.png")
+    evaluate.add_argument(
+        "data", type=Path, help="folder of labelled scans (MSLUB, BraTS layouts) or a CSV manifest (image, label, brain_mask)"
+    )
+    evaluate.add_argument(
+        "-o", "--output-dir", type=Path, default=Path("ssae-evaluation"), help="folder for metrics.json, cases.csv, pr_curve.png"
+    )
     evaluate.add_argument("--brain-masks", type=Path, help="folder of brain masks named after the cases")
     evaluate.add_argument("--threshold", type=float, help="threshold for Dice at threshold (default: the model's calibrated threshold)")
     evaluate.add_argument("--no-scales", action="store_true", help="evaluate only the aggregated map")
     evaluate.add_argument("--overwrite", action="store_true", help="replace existing result files")
     _add_device(evaluate)
 
-    prep = commands.add_parser("preprocess", help="bias-correct and register raw scans to the atlas", description="N4 bias correction, registration to the MNI152 template and a brain mask for one scan or a folder of scans; writes the scan in atlas space, its brain mask on its own grid, the transform and a quality report.")
+    prep = commands.add_parser(
+        "preprocess",
+        help="bias-correct and register raw scans to the atlas",
+        description="N4 bias correction, registration to the MNI152 template and a brain mask for one scan or a folder of scans; writes the scan in atlas space, its brain mask on its own grid, the transform and a quality report.",
+    )
     prep.add_argument("input", type=Path, help="a FLAIR volume, a folder of scans or a CSV manifest")
     prep.add_argument("-o", "--output-dir", type=Path, required=True, help="folder for the results")
-    prep.add_argument("--brain-mask", type=Path, help="brain mask on the image's grid (single image only; else masks beside the scans are used)")
+    prep.add_argument(
+        "--brain-mask", type=Path, help="brain mask on the image's grid (single image only; else masks beside the scans are used)"
+    )
     prep.add_argument("--brain-masks", type=Path, help="folder of brain masks named after the cases")
     prep.add_argument("--no-bias-correction", action="store_true", help="skip N4 bias-field correction")
     prep.add_argument("--overwrite", action="store_true", help="replace existing result files")
@@ -102,7 +148,11 @@ def _build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", type=Path, help="model file (.safetensors)")
     info.add_argument("--json", action="store_true", help="print the whole card as JSON")
 
-    demo = commands.add_parser("demo", help="run the built-in example end to end", description="Detect lesions in the MSLUB patient shipped with the repository with the shipped model, write maps, mask and figure, and score them against the consensus mask beside the intensity baseline.")
+    demo = commands.add_parser(
+        "demo",
+        help="run the built-in example end to end",
+        description="Detect lesions in the MSLUB patient shipped with the repository with the shipped model, write maps, mask and figure, and score them against the consensus mask beside the intensity baseline.",
+    )
     demo.add_argument("-o", "--output-dir", type=Path, default=Path("demo-output"), help="folder for the results (default: ./demo-output)")
     demo.add_argument("--overwrite", action="store_true", help="replace results of an earlier demo run")
     _add_device(demo)
@@ -130,7 +180,10 @@ def _train(args: argparse.Namespace) -> None:
         architecture=arch,
         preprocessing=PreprocessingSettings(size=args.size, atlas=args.atlas, bias_correction=args.bias_correction),
         postprocessing=PostprocessingSettings(
-            median_size=args.median_size, brain_erosion=args.brain_erosion, hyperintensity_prior=args.hyperintensity_prior, min_lesion_mm3=args.min_lesion_mm3
+            median_size=args.median_size,
+            brain_erosion=args.brain_erosion,
+            hyperintensity_prior=args.hyperintensity_prior,
+            min_lesion_mm3=args.min_lesion_mm3,
         ),
         max_epochs=args.epochs,
         patience=args.patience,
@@ -145,8 +198,15 @@ def _train(args: argparse.Namespace) -> None:
     progress = ProgressLog(args.progress_log, None if args.quiet else stderr_terminal())
     try:
         output = train(
-            cases, config, args.output, device=args.device, resume=args.resume, overwrite=args.overwrite,
-            cache_dir=args.cache_dir, progress=progress, data_summary={"source": str(args.data)},
+            cases,
+            config,
+            args.output,
+            device=args.device,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            cache_dir=args.cache_dir,
+            progress=progress,
+            data_summary={"source": str(args.data)},
         )
     finally:
         progress.close()
@@ -177,7 +237,12 @@ def _detect(args: argparse.Namespace) -> None:
     summary = detection_summary(result, str(args.image), detector.card.architecture.name, method)
     paths = write_detection(result, args.output_dir, stem, args.format, summary, args.overwrite)
     if args.figure:
-        paths["figure"] = detection_figure(result, args.output_dir / f"{stem}_figure.png", f"{detector.card.architecture.name}: {args.image.name}", overwrite=args.overwrite)
+        paths["figure"] = detection_figure(
+            result,
+            args.output_dir / f"{stem}_figure.png",
+            f"{detector.card.architecture.name}: {args.image.name}",
+            overwrite=args.overwrite,
+        )
     if progress:
         progress.event("done", files={name: str(path) for name, path in paths.items()})
         progress.close()
@@ -197,7 +262,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     detector = Detector.from_file(args.model, args.device)
     cases = find_cases(args.data, args.brain_masks)
     report = evaluate(detector, cases, threshold=args.threshold, scales=not args.no_scales, log=lambda m: print(m, file=sys.stderr))
-    paths = write_report(report, args.output_dir, f"{detector.card.architecture.name} on {args.data.name} ({len(cases)} cases)", args.overwrite)
+    paths = write_report(
+        report, args.output_dir, f"{detector.card.architecture.name} on {args.data.name} ({len(cases)} cases)", args.overwrite
+    )
     print(f"{'map':22s}{'AUPRC':>8s}{'[DICE]':>9s}{'Dice@t':>9s}")
     for name, values in report.pooled.items():
         at = values.get("dice_at_threshold")
@@ -245,10 +312,18 @@ def _preprocess(args: argparse.Namespace) -> None:
         write_volume(atlas_space_image(source, alignment.transform), out["atlas.nii.gz"], args.overwrite)
         write_volume(alignment.brain_mask, out["brainmask.nii.gz"], args.overwrite)
         write_transform(alignment.transform, out["atlas_to_scan.tfm"], args.overwrite)
-        report = {"case": case.name, "image": str(case.image), "bias_correction": not args.no_bias_correction, "seconds": round(alignment.seconds, 2), **alignment.quality.to_dict()}
+        report = {
+            "case": case.name,
+            "image": str(case.image),
+            "bias_correction": not args.no_bias_correction,
+            "seconds": round(alignment.seconds, 2),
+            **alignment.quality.to_dict(),
+        }
         write_json(report, out["qc.json"], args.overwrite)
         verdict = "ok" if alignment.quality.passed else "CHECK"
-        print(f"{case.name}: {verdict} (template brain {alignment.quality.brain_inside_head:.0%} inside the head, scales {', '.join(f'{v:.2f}' for v in alignment.quality.scales)}), {alignment.seconds:.1f} s")
+        print(
+            f"{case.name}: {verdict} (template brain {alignment.quality.brain_inside_head:.0%} inside the head, scales {', '.join(f'{v:.2f}' for v in alignment.quality.scales)}), {alignment.seconds:.1f} s"
+        )
 
 
 def _info(args: argparse.Namespace) -> None:

@@ -82,7 +82,9 @@ def _case_from_folder(folder: Path) -> Case | None:
     elif not images:
         return None
     else:
-        raise SSAEError(f"{folder}: cannot tell which of {', '.join(p.name for p in images)} is the FLAIR image; name it *flair* or use a CSV manifest")
+        raise SSAEError(
+            f"{folder}: cannot tell which of {', '.join(p.name for p in images)} is the FLAIR image; name it *flair* or use a CSV manifest"
+        )
     return Case(
         name=folder.name,
         image=image,
@@ -107,13 +109,15 @@ def _cases_from_flat_folder(folder: Path) -> list[Case]:
         siblings = [p for p in files if p != image and volume_stem(p).lower().startswith(prefix)]
         masks = [p for p in siblings if _role(p.name) == "brain_mask"]
         labels = [p for p in siblings if _role(p.name) == "label"]
-        cases.append(Case(name=prefix, image=image, brain_mask=_single(masks, folder, "brain mask"), label=_single(labels, folder, "lesion label")))
+        cases.append(
+            Case(name=prefix, image=image, brain_mask=_single(masks, folder, "brain mask"), label=_single(labels, folder, "lesion label"))
+        )
     return cases
 
 
 def _cases_from_csv(manifest: Path) -> list[Case]:
     base = manifest.parent
-    with manifest.open(newline="") as handle:
+    with manifest.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     if not rows or "image" not in rows[0]:
         raise SSAEError(f"{manifest} needs a header row with an 'image' column (optional: brain_mask, label, case)")
@@ -125,7 +129,14 @@ def _cases_from_csv(manifest: Path) -> list[Case]:
     for row in rows:
         image = resolve(row["image"])
         assert image is not None
-        cases.append(Case(name=row.get("case") or volume_stem(image), image=image, brain_mask=resolve(row.get("brain_mask")), label=resolve(row.get("label"))))
+        cases.append(
+            Case(
+                name=row.get("case") or volume_stem(image),
+                image=image,
+                brain_mask=resolve(row.get("brain_mask")),
+                label=resolve(row.get("label")),
+            )
+        )
     return cases
 
 
@@ -201,7 +212,10 @@ def cache_key(cases: list[Case], settings: PreprocessingSettings) -> str:
         parts["cases"].append(
             {
                 "name": case.name,
-                **{role: _file_digest(p) if p else None for role, p in (("image", case.image), ("brain_mask", case.brain_mask), ("label", case.label))},
+                **{
+                    role: _file_digest(p) if p else None
+                    for role, p in (("image", case.image), ("brain_mask", case.brain_mask), ("label", case.label))
+                },
             }
         )
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
@@ -228,7 +242,7 @@ def load_slice_stack(
         _build_cache(cases, settings, folder, Path(cache_dir or default_cache_dir()), log)
     else:
         log(f"using cached slices {folder}")
-    meta = json.loads((folder / "meta.json").read_text())
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("slices", "brain", "loss_mask", "subject")}
     return SliceStack(
         slices=arrays["slices"],
@@ -251,10 +265,12 @@ def cached_alignment(case: Case, image: sitk.Image, brain_mask: sitk.Image | Non
     from .preprocessing import foreground_mask
     from .registration import AtlasAlignment, RegistrationQuality, align_to_atlas, bias_correct, write_transform
 
-    digest = hashlib.sha256(json.dumps([_file_digest(case.image), _file_digest(case.brain_mask) if case.brain_mask else None, bias_correction]).encode()).hexdigest()[:24]
+    digest = hashlib.sha256(
+        json.dumps([_file_digest(case.image), _file_digest(case.brain_mask) if case.brain_mask else None, bias_correction]).encode()
+    ).hexdigest()[:24]
     folder = cache_root / "alignments" / digest
     if (folder / "quality.json").exists():
-        quality = RegistrationQuality(**json.loads((folder / "quality.json").read_text()))
+        quality = RegistrationQuality(**json.loads((folder / "quality.json").read_text(encoding="utf-8")))
         transform = sitk.AffineTransform(sitk.ReadTransform(str(folder / "atlas_to_scan.tfm")))
         mask = sitk.ReadImage(str(folder / "brain_mask.nii.gz"))
         return AtlasAlignment(transform=transform, brain_mask=mask, quality=quality, seconds=0.0)
@@ -263,7 +279,7 @@ def cached_alignment(case: Case, image: sitk.Image, brain_mask: sitk.Image | Non
     folder.mkdir(parents=True, exist_ok=True)
     write_transform(alignment.transform, folder / "atlas_to_scan.tfm", overwrite=True)
     sitk.WriteImage(alignment.brain_mask, str(folder / "brain_mask.nii.gz"), True)
-    (folder / "quality.json").write_text(json.dumps(alignment.quality.to_dict()))
+    (folder / "quality.json").write_text(json.dumps(alignment.quality.to_dict()), encoding="utf-8")
     return alignment
 
 
@@ -281,7 +297,9 @@ def _build_cache(cases: list[Case], settings: PreprocessingSettings, folder: Pat
         prepared = prepare_volume(image, settings, brain_mask, alignment)
         keep = np.ones_like(prepared.brain)
         if case.label is not None:
-            lesion = resample_to_grid(read_mask(case.label, image, f"lesion label of {case.name}"), prepared.grid, label=True, transform=prepared.transform)
+            lesion = resample_to_grid(
+                read_mask(case.label, image, f"lesion label of {case.name}"), prepared.grid, label=True, transform=prepared.transform
+            )
             lesion = ndimage.binary_dilation(lesion, structure=ndimage.generate_binary_structure(3, 1)) if lesion.any() else lesion
             keep = ~lesion
             excluded += int((lesion & prepared.brain).sum())
@@ -297,7 +315,7 @@ def _build_cache(cases: list[Case], settings: PreprocessingSettings, folder: Pat
         for name, parts in (("slices", slices), ("brain", brains), ("loss_mask", loss_masks), ("subject", subject)):
             np.save(tmp / f"{name}.npy", np.concatenate(parts))
         meta = {"subjects": [c.name for c in cases], "volume_ranges": ranges, "excluded_voxels": excluded, "settings": settings.to_dict()}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         try:
             os.replace(tmp, folder)
         except OSError:  # another process built the same cache meanwhile

@@ -68,7 +68,9 @@ def run_demo(output_dir: Path, device: str = "auto", overwrite: bool = False, lo
     log(f"{'SSAE aggregated':28s}{m['auprc']:8.3f}{m['best_dice']:9.3f}{m['dice_at_calibrated_threshold']:9.3f}")
     log(f"{'FLAIR intensity baseline':28s}{b['auprc']:8.3f}{b['best_dice']:9.3f}{'-':>9s}")
     log("[DICE] chooses its threshold on this case's labels (an upper bound); Dice@t uses the model's label-free threshold.")
-    log(f"lesions found: {result.statistics.count}, {result.statistics.total_ml:.1f} ml (consensus mask: {truth.sum() * np.prod(image.GetSpacing()) / 1000:.1f} ml)")
+    log(
+        f"lesions found: {result.statistics.count}, {result.statistics.total_ml:.1f} ml (consensus mask: {truth.sum() * np.prod(image.GetSpacing()) / 1000:.1f} ml)"
+    )
     log("")
     for name, path in {**paths, "figure": figure, "metrics": output_dir / "demo_metrics.json"}.items():
         log(f"{name:>12s}: {path}")

@@ -25,10 +25,10 @@ from .checkpoint import ModelCard, load_model
 from .devices import inference_batch_size, resolve_device
 from .errors import SSAEError
 from .models import ScaleSpaceAutoencoder
-from .registration import AtlasAlignment
 from .postprocessing import LesionStatistics, anomaly_score, eroded_brain, label_lesions, lesion_mask, lesion_statistics
 from .preprocessing import PreparedVolume, prepare_volume, to_input_grid
 from .pyramid import decompose, upsample
+from .registration import AtlasAlignment
 
 ProgressCallback = Callable[[float, str], None]
 CancelCheck = Callable[[], bool]
@@ -66,9 +66,7 @@ class DetectionResult:
 class Detector:
     """A loaded model bound to a device; call :meth:`detect` on SimpleITK volumes."""
 
-    def __init__(
-        self, model: ScaleSpaceAutoencoder, card: ModelCard, device: torch.device, batch_size: int | None = None
-    ) -> None:
+    def __init__(self, model: ScaleSpaceAutoencoder, card: ModelCard, device: torch.device, batch_size: int | None = None) -> None:
         self.card = card
         self.device = device
         self.batch_size = batch_size or inference_batch_size(device)
@@ -77,7 +75,7 @@ class Detector:
             self.model = self.model.to(memory_format=torch.channels_last)
 
     @classmethod
-    def from_file(cls, path: str | Path, device: str = "auto", batch_size: int | None = None) -> "Detector":
+    def from_file(cls, path: str | Path, device: str = "auto", batch_size: int | None = None) -> Detector:
         resolved = resolve_device(device)
         loaded = load_model(path, resolved)
         return cls(loaded.model, loaded.card, resolved, batch_size)
@@ -164,7 +162,7 @@ class Detector:
             finished = dict(zip(signed, pool.map(finish, signed)))
         grid_scores = {name: score for name, (score, _) in finished.items()}
         aggregated = finished["aggregated"][1]
-        scale_images = {int(name[len("level"):]): image_ for name, (_, image_) in finished.items() if name != "aggregated"}
+        scale_images = {int(name[len("level") :]): image_ for name, (_, image_) in finished.items() if name != "aggregated"}
         timings["postprocess_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()

@@ -160,10 +160,24 @@ def cases_csv(report: EvaluationReport) -> str:
     buffer = io.StringIO()
     names = list(report.pooled)
     writer = csv.writer(buffer)
-    writer.writerow(["case", "lesion_voxels", "lesion_ml", "predicted_ml", "dice_at_threshold", "precision_at_threshold", "recall_at_threshold"] + [f"auprc {n}" for n in names])
+    writer.writerow(
+        ["case", "lesion_voxels", "lesion_ml", "predicted_ml", "dice_at_threshold", "precision_at_threshold", "recall_at_threshold"]
+        + [f"auprc {n}" for n in names]
+    )
     for case in report.cases:
         t = case.at_threshold
-        writer.writerow([case.name, case.lesion_voxels, f"{case.lesion_ml:.3f}", f"{case.predicted_ml:.3f}", _fmt(t["dice"]), _fmt(t["precision"]), _fmt(t["recall"])] + [_fmt(case.auprc.get(n, math.nan)) for n in names])
+        writer.writerow(
+            [
+                case.name,
+                case.lesion_voxels,
+                f"{case.lesion_ml:.3f}",
+                f"{case.predicted_ml:.3f}",
+                _fmt(t["dice"]),
+                _fmt(t["precision"]),
+                _fmt(t["recall"]),
+            ]
+            + [_fmt(case.auprc.get(n, math.nan)) for n in names]
+        )
     return buffer.getvalue()
 
 
@@ -181,7 +195,9 @@ def pr_curve_figure(report: EvaluationReport, path: Path, title: str, overwrite:
     fig, ax = plt.subplots(figsize=(6, 5))
     for name, (recall, precision) in report.curves.items():
         style = "--" if name == BASELINE else "-"
-        ax.plot(recall, precision, style, label=f"{name} (AUPRC {report.pooled[name]['auprc']:.3f})", linewidth=2 if name == AGGREGATED else 1.2)
+        ax.plot(
+            recall, precision, style, label=f"{name} (AUPRC {report.pooled[name]['auprc']:.3f})", linewidth=2 if name == AGGREGATED else 1.2
+        )
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1)

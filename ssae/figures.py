@@ -39,7 +39,10 @@ def detection_figure(
     prepared, grid = result.prepared, result.grid_scores
     levels = sorted(int(name[5:]) for name in grid if name.startswith("level"))
     mask_grid = grid["aggregated"] > result.threshold
-    columns = [("input", prepared.slices, "gray", (0, 1)), ("reconstruction", np.clip(result.residuals.reconstruction, 0, 1), "gray", (0, 1))]
+    columns = [
+        ("input", prepared.slices, "gray", (0, 1)),
+        ("reconstruction", np.clip(result.residuals.reconstruction, 0, 1), "gray", (0, 1)),
+    ]
     top = max(float(np.percentile(grid["aggregated"][prepared.brain], 99.9)), result.threshold * 1.5, 1e-6)
     columns += [(f"score level {k}", grid[f"level{k}"], "inferno", (0, top)) for k in levels]
     columns += [("aggregated score", grid["aggregated"], "inferno", (0, top)), ("mask (threshold)", mask_grid, "Reds", (0, 1))]

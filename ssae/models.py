@@ -85,19 +85,24 @@ class Architecture:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Architecture":
+    def from_dict(cls, data: dict[str, Any]) -> Architecture:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise SSAEError(f"model card has unknown architecture fields: {sorted(unknown)}")
         return cls(**data)
 
-    def with_width(self, base_filters: int, max_filters: int) -> "Architecture":
+    def with_width(self, base_filters: int, max_filters: int) -> Architecture:
         return replace(self, base_filters=base_filters, max_filters=max_filters)
 
 
 def _filters(arch: Architecture, stages: int) -> list[int]:
     return [min(arch.base_filters * 2**i, arch.max_filters) for i in range(stages)]
+
+
+def _activation() -> nn.Module:
+    """One activation for every layer; in place, which saves memory traffic."""
+    return nn.LeakyReLU(0.2, inplace=True)
 
 
 class LevelAutoencoder(nn.Module):
@@ -109,12 +114,11 @@ class LevelAutoencoder(nn.Module):
         self.variant = arch.variant
         self.grid = side >> stages
         filters = _filters(arch, stages)
-        act = lambda: nn.LeakyReLU(0.2)  # noqa: E731 - one activation definition for all layers
 
         encoder: list[nn.Module] = []
         channels = 1
         for f in filters:
-            encoder += [nn.Conv2d(channels, f, 5, stride=2, padding=2), act()]
+            encoder += [nn.Conv2d(channels, f, 5, stride=2, padding=2), _activation()]
             channels = f
         self.encoder = nn.Sequential(*encoder)
 
@@ -125,12 +129,12 @@ class LevelAutoencoder(nn.Module):
             self.to_latent = nn.Linear(flat, arch.latent_dim)
             self.to_logvar = nn.Linear(flat, arch.latent_dim) if arch.variant == "vae" else None
             self.from_latent = nn.Linear(arch.latent_dim, flat)
-            self.unsqueeze = nn.Sequential(nn.Conv2d(arch.dense_channels, channels, 1), act())
+            self.unsqueeze = nn.Sequential(nn.Conv2d(arch.dense_channels, channels, 1), _activation())
             self.dense_channels = arch.dense_channels
 
         decoder: list[nn.Module] = []
         for f in reversed([filters[0]] + filters[:-1]):
-            decoder += [nn.ConvTranspose2d(channels, f, 5, stride=2, padding=2, output_padding=1), act()]
+            decoder += [nn.ConvTranspose2d(channels, f, 5, stride=2, padding=2, output_padding=1), _activation()]
             channels = f
         decoder.append(nn.Conv2d(channels, 1, 1))
         self.decoder = nn.Sequential(*decoder)

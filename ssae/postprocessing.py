@@ -48,7 +48,7 @@ class PostprocessingSettings:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PostprocessingSettings":
+    def from_dict(cls, data: dict[str, Any]) -> PostprocessingSettings:
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 

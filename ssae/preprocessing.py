@@ -59,7 +59,7 @@ class PreprocessingSettings:
         return {"orientation": ORIENTATION, **asdict(self)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PreprocessingSettings":
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessingSettings:
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
@@ -75,7 +75,7 @@ class PreparedVolume:
     intensity_offset: float
     intensity_scale: float
     transform: sitk.Transform | None = None  # slice grid -> input (atlas registration), None: same space
-    alignment: "AtlasAlignment | None" = None
+    alignment: AtlasAlignment | None = None
 
     def normalise(self, values: np.ndarray) -> np.ndarray:
         """Apply this volume's intensity normalisation (without clipping) to raw intensities."""
@@ -225,7 +225,7 @@ def prepare_volume(
     image: sitk.Image,
     settings: PreprocessingSettings,
     brain_mask: sitk.Image | None = None,
-    alignment: "AtlasAlignment | None" = None,
+    alignment: AtlasAlignment | None = None,
 ) -> PreparedVolume:
     """Input volume (and optional brain mask on its grid) -> normalised slices on the slice grid.
 

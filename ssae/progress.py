@@ -28,7 +28,7 @@ class ProgressLog:
 
     def __init__(self, path: str | Path | None = None, terminal: TextIO | None = None, enabled: bool = True) -> None:
         self.enabled = enabled
-        self.handle = open(path, "a", buffering=1) if (path and enabled) else None
+        self.handle = open(path, "a", buffering=1, encoding="utf-8") if (path and enabled) else None
         self.terminal = terminal if enabled else None
         self.started = time.time()
 
@@ -60,10 +60,7 @@ class ProgressLog:
             fraction = record["step"] / max(record["steps"], 1)
             bar = "#" * int(24 * fraction)
             eta = _duration(record.get("eta_s"))
-            term.write(
-                f"\rlevel {record['level']} epoch {record['epoch']:>3} [{bar:<24}] "
-                f"loss {record['loss']:.5f}  eta <= {eta}\033[K"
-            )
+            term.write(f"\rlevel {record['level']} epoch {record['epoch']:>3} [{bar:<24}] loss {record['loss']:.5f}  eta <= {eta}\033[K")
             term.flush()
         elif kind == "epoch":
             prefix = "\r\033[K" if term.isatty() else ""

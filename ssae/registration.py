@@ -30,6 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import SSAEError
+from .preprocessing import fill_holes_per_slice, foreground_mask
 
 ATLAS_FILES = {
     "t1": "mni_icbm152_2009a_t1_brain_1mm.nii.gz",
@@ -70,17 +71,12 @@ def load_atlas() -> Atlas:
     reference.SetDirection(t1.GetDirection())
     reference.SetOrigin(t1.TransformContinuousIndexToPhysicalPoint([0.5] * 3))
     fixed = sitk.Resample(sitk.SmoothingRecursiveGaussian(t1, 0.85), reference, sitk.Transform(), sitk.sitkLinear, 0.0)
-    fixed_mask = sitk.BinaryDilate(sitk.Cast(sitk.Resample(brain, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0), sitk.sitkUInt8), [4] * 3)
+    fixed_mask = sitk.BinaryDilate(
+        sitk.Cast(sitk.Resample(brain, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0), sitk.sitkUInt8), [4] * 3
+    )
     gm = sitk.Cast(sitk.ReadImage(str(folder / ATLAS_FILES["gm"])), sitk.sitkFloat32) / 255.0
     wm = sitk.Cast(sitk.ReadImage(str(folder / ATLAS_FILES["wm"])), sitk.sitkFloat32) / 255.0
     return Atlas(t1=t1, brain=brain, fixed=fixed, fixed_mask=fixed_mask, gm=gm, wm=wm)
-
-
-def head_mask(image: sitk.Image) -> sitk.Image:
-    """Foreground of a raw scan: Otsu threshold, largest component, holes filled."""
-    from .preprocessing import foreground_mask
-
-    return foreground_mask(image)
 
 
 def bias_correct(image: sitk.Image, mask: sitk.Image, fit_spacing_mm: float = 4.0, iterations: int = 30) -> sitk.Image:
@@ -131,9 +127,7 @@ def rough_brain_mask(image: sitk.Image, head: sitk.Image) -> sitk.Image | None:
     """
     from scipy import ndimage
 
-    from .preprocessing import fill_holes_per_slice
-
-    values = sitk.GetArrayViewFromImage(sitk.SmoothingRecursiveGaussian(image, 1.0))
+    values = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(image, 1.0))
     inside = sitk.GetArrayViewFromImage(head).astype(bool)
     otsu = sitk.OtsuMultipleThresholdsImageFilter()
     otsu.SetNumberOfThresholds(2)
@@ -151,7 +145,14 @@ def rough_brain_mask(image: sitk.Image, head: sitk.Image) -> sitk.Image | None:
     return mask
 
 
-def _optimise(method: sitk.ImageRegistrationMethod, transform: sitk.Transform, shrink: list[int], iterations: int, fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
+def _optimise(
+    method: sitk.ImageRegistrationMethod,
+    transform: sitk.Transform,
+    shrink: list[int],
+    iterations: int,
+    fixed: sitk.Image,
+    moving: sitk.Image,
+) -> sitk.Transform:
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-3, numberOfIterations=iterations, relaxationFactor=0.6)
     method.SetOptimizerScalesFromPhysicalShift()
@@ -163,7 +164,9 @@ def _optimise(method: sitk.ImageRegistrationMethod, transform: sitk.Transform, s
     return result.GetNthTransform(0) if isinstance(result, sitk.CompositeTransform) else result
 
 
-def _mutual_information(atlas: Atlas, moving_mask: sitk.Image | None = None, fixed_mask: sitk.Image | None = None) -> sitk.ImageRegistrationMethod:
+def _mutual_information(
+    atlas: Atlas, moving_mask: sitk.Image | None = None, fixed_mask: sitk.Image | None = None
+) -> sitk.ImageRegistrationMethod:
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricFixedMask(fixed_mask if fixed_mask is not None else atlas.fixed_mask)
@@ -184,9 +187,13 @@ def _as_affine(transform: sitk.Transform) -> sitk.AffineTransform:
 
 def _from_brain_shape(atlas: Atlas, moving: sitk.Image, rough: sitk.Image) -> sitk.AffineTransform:
     """Similarity fit of the template brain to the rough brain (shapes), then MI affine inside it."""
-    atlas_brain = sitk.SmoothingRecursiveGaussian(sitk.Resample(sitk.Cast(atlas.brain, sitk.sitkFloat32), atlas.fixed, sitk.Transform(), sitk.sitkLinear, 0.0), 2.0)
+    atlas_brain = sitk.SmoothingRecursiveGaussian(
+        sitk.Resample(sitk.Cast(atlas.brain, sitk.sitkFloat32), atlas.fixed, sitk.Transform(), sitk.sitkLinear, 0.0), 2.0
+    )
     scan_brain = sitk.SmoothingRecursiveGaussian(sitk.Cast(rough, sitk.sitkFloat32), 2.0)
-    start = sitk.CenteredTransformInitializer(atlas_brain, scan_brain, sitk.Similarity3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS)
+    start = sitk.CenteredTransformInitializer(
+        atlas_brain, scan_brain, sitk.Similarity3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
+    )
     shapes = sitk.ImageRegistrationMethod()
     shapes.SetMetricAsMeanSquares()
     shapes.SetMetricSamplingStrategy(shapes.RANDOM)
@@ -198,7 +205,12 @@ def _from_brain_shape(atlas: Atlas, moving: sitk.Image, rough: sitk.Image) -> si
 
 def _from_head_position(atlas: Atlas, moving: sitk.Image, head: sitk.Image) -> sitk.AffineTransform:
     """Exhaustive translation search around the head's centre, then MI rigid and affine."""
-    start = sitk.CenteredTransformInitializer(sitk.Cast(atlas.brain, sitk.sitkFloat32), sitk.Cast(head, sitk.sitkFloat32), sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS)
+    start = sitk.CenteredTransformInitializer(
+        sitk.Cast(atlas.brain, sitk.sitkFloat32),
+        sitk.Cast(head, sitk.sitkFloat32),
+        sitk.Euler3DTransform(),
+        sitk.CenteredTransformInitializerFilter.MOMENTS,
+    )
     search = _mutual_information(atlas)
     search.SetMetricSamplingStrategy(search.NONE)
     search.SetInterpolator(sitk.sitkLinear)
@@ -249,7 +261,7 @@ class _Candidate:
 
 
 def _judge(atlas: Atlas, transform: sitk.AffineTransform, moving: sitk.Image, head: sitk.Image) -> _Candidate:
-    warped = sitk.GetArrayViewFromImage(warp_atlas_brain(transform, moving)).astype(bool)
+    warped = sitk.GetArrayFromImage(warp_atlas_brain(transform, moving)).astype(bool)
     inside = float((warped & sitk.GetArrayViewFromImage(head).astype(bool)).sum() / max(warped.sum(), 1))
     scales = [float(v) for v in np.linalg.svd(np.array(transform.GetMatrix()).reshape(3, 3), compute_uv=False)]
     brain = sitk.Cast(sitk.Resample(atlas.brain, atlas.fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0), sitk.sitkUInt8)
@@ -272,11 +284,16 @@ def register_to_atlas(image: sitk.Image, brain_mask: sitk.Image | None = None) -
     """
     atlas = load_atlas()
     moving = _resampled_to(image, 2.0)
-    head = head_mask(moving)
+    head = foreground_mask(moving)  # the head of a raw scan, the brain of a skull-stripped one
     try:
         if brain_mask is not None:
-            given = sitk.Cast(sitk.Resample(sitk.Cast(brain_mask, sitk.sitkFloat32), moving, sitk.Transform(), sitk.sitkLinear, 0.0) > 0.5, sitk.sitkUInt8)
-            return _judge(atlas, _from_brain_shape(atlas, moving, given), moving, head), head
+            given = sitk.Cast(
+                sitk.Resample(sitk.Cast(brain_mask, sitk.sitkFloat32), moving, sitk.Transform(), sitk.sitkLinear, 0.0) > 0.5, sitk.sitkUInt8
+            )
+            # The check then asks whether the template brain landed on the given brain (give or
+            # take 6 mm), not on an intensity-based head mask that striped scans can break.
+            around = sitk.BinaryDilate(given, [3] * 3)
+            return _judge(atlas, _from_brain_shape(atlas, moving, given), moving, around), around
         candidates = []
         rough = rough_brain_mask(moving, head)
         if rough is not None:
@@ -317,9 +334,9 @@ def contrast_check(image: sitk.Image, transform: sitk.Transform) -> tuple[dict[s
     not flagged: that would warn on real FLAIRs.
     """
     atlas = load_atlas()
-    sampled = sitk.GetArrayViewFromImage(sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), atlas.gm, transform, sitk.sitkLinear, np.nan))
+    sampled = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), atlas.gm, transform, sitk.sitkLinear, np.nan))
     gm, wm = sitk.GetArrayViewFromImage(atlas.gm), sitk.GetArrayViewFromImage(atlas.wm)
-    brain = sitk.GetArrayViewFromImage(sitk.Resample(atlas.brain, atlas.gm, sitk.Transform(), sitk.sitkNearestNeighbor, 0)) > 0
+    brain = sitk.GetArrayFromImage(sitk.Resample(atlas.brain, atlas.gm, sitk.Transform(), sitk.sitkNearestNeighbor, 0)) > 0
     csf = brain & (gm < 0.1) & (wm < 0.1)
     regions = {"grey_matter": (gm > 0.6), "white_matter": (wm > 0.9), "csf": csf}
     medians = {name: float(np.nanmedian(sampled[region])) for name, region in regions.items() if np.isfinite(sampled[region]).any()}

@@ -23,13 +23,12 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from .baselines import intensity_score
 from .checkpoint import read_model_card
@@ -39,7 +38,6 @@ from .metrics import average_precision, best_dice, overlap, precision_recall
 from .models import Architecture, count_parameters
 from .postprocessing import PostprocessingSettings, anomaly_score, eroded_brain
 from .preprocessing import PreprocessingSettings, foreground_mask, prepare_volume, to_input_grid
-from .pyramid import expand_to
 from .registration import bias_correct
 from .training import TrainingConfig, train
 from .volume_io import write_json, write_text
@@ -110,7 +108,9 @@ def _corrected_case(case: Case, folder: Path) -> Case:
     return Case(name=case.name, image=target, brain_mask=case.brain_mask, label=case.label)
 
 
-def prepare_sets(train_source: Path, test_sources: dict[str, tuple[Path, str]], folder: Path, log: Callable[[str], None]) -> tuple[list[Case], list[TestSet]]:
+def prepare_sets(
+    train_source: Path, test_sources: dict[str, tuple[Path, str]], folder: Path, log: Callable[[str], None]
+) -> tuple[list[Case], list[TestSet]]:
     """Bias-corrected copies of the training scans and of every test set."""
     log("bias-correcting the scans (once)")
     train_cases = [_corrected_case(c, folder / "corrected" / "train") for c in find_cases(train_source)]
@@ -121,7 +121,9 @@ def prepare_sets(train_source: Path, test_sources: dict[str, tuple[Path, str]], 
     return train_cases, sets
 
 
-def train_models(plans: list[ModelPlan], cases: list[Case], profile: Profile, folder: Path, seed: int, log: Callable[[str], None]) -> dict[str, Path]:
+def train_models(
+    plans: list[ModelPlan], cases: list[Case], profile: Profile, folder: Path, seed: int, log: Callable[[str], None]
+) -> dict[str, Path]:
     """Train every planned model (skipping finished ones) with the same data, seed and budget."""
     paths = {}
     for plan in plans:
@@ -141,7 +143,16 @@ def train_models(plans: list[ModelPlan], cases: list[Case], profile: Profile, fo
         else:
             log(f"training {plan.name} ({count_parameters(plan.architecture):,} parameters)")
             resume = path.with_name(path.name + ".resume.pt").exists()
-            train(cases, config, path, device="auto", resume=resume, overwrite=True, cache_dir=folder / "cache", data_summary={"source": "suite"})
+            train(
+                cases,
+                config,
+                path,
+                device="auto",
+                resume=resume,
+                overwrite=True,
+                cache_dir=folder / "cache",
+                data_summary={"source": "suite"},
+            )
         paths[plan.name] = path
     return paths
 
@@ -155,21 +166,24 @@ class MapScores:
 
 
 def _plain_aggregate(detectors: list[Detector], image: sitk.Image, alignment) -> sitk.Image:
-    """Residuals of plain AEs at several sizes, brought to the largest size and summed (a_k recursion)."""
+    """Residuals of plain AEs at several sizes, brought to the largest one's grid and summed.
+
+    Atlas slice grids are isotropic, so a smaller model also has fewer, thicker slices: each
+    residual volume is resampled in atlas space onto the largest model's grid (the a_k recursion
+    of Eq. 6 across models instead of across pyramid levels).
+    """
     detectors = sorted(detectors, key=lambda d: d.card.architecture.size)
-    largest = detectors[-1]
-    total = None
-    prepared = None
+    largest = prepare_volume(image, detectors[-1].card.preprocessing, alignment=alignment)
+    total = np.zeros_like(largest.slices)
     for detector in detectors:
         prepared = prepare_volume(image, detector.card.preprocessing, alignment=alignment)
-        residual = detector.slice_residuals(prepared.slices, scales=False).aggregated
-        full = expand_to(torch.from_numpy(residual)[:, None], largest.card.architecture.size)[:, 0].numpy()
-        total = full if total is None else total + full
-    assert total is not None and prepared is not None
-    post = largest.card.postprocessing
-    score = anomaly_score(total, prepared.slices, eroded_brain(prepared.brain, post.brain_erosion), post, prepared.brain)
-    brain = sitk.Cast(prepared.brain_mask, sitk.sitkFloat32)
-    return to_input_grid(score, prepared.grid, image, prepared.transform) * brain
+        residual = sitk.GetImageFromArray(detector.slice_residuals(prepared.slices, scales=False).aggregated)
+        residual.CopyInformation(prepared.grid)
+        total += sitk.GetArrayFromImage(sitk.Resample(residual, largest.grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+    post = detectors[-1].card.postprocessing
+    score = anomaly_score(total, largest.slices, eroded_brain(largest.brain, post.brain_erosion), post, largest.brain)
+    brain = sitk.Cast(largest.brain_mask, sitk.sitkFloat32)
+    return to_input_grid(score, largest.grid, image, largest.transform) * brain
 
 
 def score_case(case: Case, detectors: dict[str, Detector], cache: Path) -> tuple[MapScores, dict[str, Any]]:
@@ -212,7 +226,9 @@ def _binned_metrics(positives: np.ndarray, negatives: np.ndarray) -> tuple[float
     return ap, float(np.max(2 * tp / (tp + fp + total)))
 
 
-def bootstrap_intervals(per_case: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator, resamples: int = BOOTSTRAP) -> dict[str, tuple[float, float]]:
+def bootstrap_intervals(
+    per_case: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator, resamples: int = BOOTSTRAP
+) -> dict[str, tuple[float, float]]:
     """95 % bootstrap intervals of pooled AUPRC and [DICE], resampling cases with replacement."""
     pooled = np.concatenate([s for s, _ in per_case])
     edges = np.unique(np.quantile(pooled, np.linspace(0.0, 1.0, BINS + 1)))
@@ -252,7 +268,12 @@ class ResultRow:
 
 
 def evaluate_sets(
-    detectors: dict[str, Detector], sets: list[TestSet], cache: Path, baseline_thresholds: dict[str, float], seed: int, log: Callable[[str], None]
+    detectors: dict[str, Detector],
+    sets: list[TestSet],
+    cache: Path,
+    baseline_thresholds: dict[str, float],
+    seed: int,
+    log: Callable[[str], None],
 ) -> tuple[list[ResultRow], dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], dict[str, Any]]:
     """Rows for every (data set, model, map), PR curves, and the detection results of the first MS case."""
     rows, curves = [], {}
@@ -278,10 +299,18 @@ def evaluate_sets(
             detector = detectors.get(model)
             rows.append(
                 ResultRow(
-                    dataset=test.name, labels=test.labels, model=model, map=map_name,
-                    auprc=average_precision(pooled_scores, pooled_labels), auprc_ci=ci["auprc"],
-                    best_dice=oracle.dice, best_dice_ci=ci["best_dice"], dice_at_threshold=at, threshold=threshold,
-                    cases=len(per_case), parameters=count_parameters(detector.card.architecture) if detector else None,
+                    dataset=test.name,
+                    labels=test.labels,
+                    model=model,
+                    map=map_name,
+                    auprc=average_precision(pooled_scores, pooled_labels),
+                    auprc_ci=ci["auprc"],
+                    best_dice=oracle.dice,
+                    best_dice_ci=ci["best_dice"],
+                    dice_at_threshold=at,
+                    threshold=threshold,
+                    cases=len(per_case),
+                    parameters=count_parameters(detector.card.architecture) if detector else None,
                 )
             )
             precision, recall, _ = precision_recall(pooled_scores, pooled_labels)
@@ -303,7 +332,9 @@ def _calibrated_threshold(detectors: dict[str, Detector], model: str, map_name: 
     return detector.card.threshold_for(f"level{level}")
 
 
-def baseline_thresholds(train_cases: list[Case], val_subjects: list[str], percentile: float, settings: PreprocessingSettings, cache: Path) -> dict[str, float]:
+def baseline_thresholds(
+    train_cases: list[Case], val_subjects: list[str], percentile: float, settings: PreprocessingSettings, cache: Path
+) -> dict[str, float]:
     """Label-free thresholds for the intensity baselines: the same percentile rule as the models,
     on the healthy validation subjects' brain voxels (lesion-labelled voxels left out)."""
     values: dict[str, list[np.ndarray]] = {"FLAIR intensity": [], "FLAIR intensity + prior": []}
@@ -321,7 +352,23 @@ def baseline_thresholds(train_cases: list[Case], val_subjects: list[str], percen
 
 # -- report -------------------------------------------------------------------------------------------
 
-CSV_COLUMNS = ["profile", "dataset", "labels", "model", "map", "auprc", "auprc_ci_low", "auprc_ci_high", "best_dice", "best_dice_ci_low", "best_dice_ci_high", "dice_at_threshold", "threshold", "cases", "parameters"]
+CSV_COLUMNS = [
+    "profile",
+    "dataset",
+    "labels",
+    "model",
+    "map",
+    "auprc",
+    "auprc_ci_low",
+    "auprc_ci_high",
+    "best_dice",
+    "best_dice_ci_low",
+    "best_dice_ci_high",
+    "dice_at_threshold",
+    "threshold",
+    "cases",
+    "parameters",
+]
 
 
 def results_csv(rows: list[ResultRow], profile: str) -> str:
@@ -329,10 +376,25 @@ def results_csv(rows: list[ResultRow], profile: str) -> str:
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
     for r in rows:
-        writer.writerow([
-            profile, r.dataset, r.labels, r.model, r.map, _num(r.auprc), _num(r.auprc_ci[0]), _num(r.auprc_ci[1]),
-            _num(r.best_dice), _num(r.best_dice_ci[0]), _num(r.best_dice_ci[1]), _num(r.dice_at_threshold), _num(r.threshold), r.cases, r.parameters or "",
-        ])
+        writer.writerow(
+            [
+                profile,
+                r.dataset,
+                r.labels,
+                r.model,
+                r.map,
+                _num(r.auprc),
+                _num(r.auprc_ci[0]),
+                _num(r.auprc_ci[1]),
+                _num(r.best_dice),
+                _num(r.best_dice_ci[0]),
+                _num(r.best_dice_ci[1]),
+                _num(r.dice_at_threshold),
+                _num(r.threshold),
+                r.cases,
+                r.parameters or "",
+            ]
+        )
     return buffer.getvalue()
 
 
@@ -345,7 +407,13 @@ def results_markdown(rows: list[ResultRow], profile: Profile, settings: dict[str
     datasets = list(dict.fromkeys(r.dataset for r in rows))
     keys = list(dict.fromkeys((r.model, r.map) for r in rows))
     by = {(r.dataset, r.model, r.map): r for r in rows}
-    header = "| model | resolution | " + " | ".join(f"{d} ({next(r.labels for r in rows if r.dataset == d)} labels) AUPRC [95% CI] / [DICE] [95% CI] / Dice@t" for d in datasets) + " |"
+    header = (
+        "| model | resolution | "
+        + " | ".join(
+            f"{d} ({next(r.labels for r in rows if r.dataset == d)} labels) AUPRC [95% CI] / [DICE] [95% CI] / Dice@t" for d in datasets
+        )
+        + " |"
+    )
     lines = [
         f"# Reproduction report ({profile.name} profile)",
         "",
@@ -370,7 +438,9 @@ def results_markdown(rows: list[ResultRow], profile: Profile, settings: dict[str
                 cells.append("-")
                 continue
             at = "-" if r.dice_at_threshold is None else f"{r.dice_at_threshold:.3f}"
-            cells.append(f"{r.auprc:.3f} [{r.auprc_ci[0]:.2f}, {r.auprc_ci[1]:.2f}] / {r.best_dice:.3f} [{r.best_dice_ci[0]:.2f}, {r.best_dice_ci[1]:.2f}] / {at}")
+            cells.append(
+                f"{r.auprc:.3f} [{r.auprc_ci[0]:.2f}, {r.auprc_ci[1]:.2f}] / {r.best_dice:.3f} [{r.best_dice_ci[0]:.2f}, {r.best_dice_ci[1]:.2f}] / {at}"
+            )
         lines.append(f"| {model} | {map_name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -504,7 +574,9 @@ def run_suite(
         for test in sets:
             if test.name == "nichart-wmh":
                 test.cases = [c for c in test.cases if c.name in val_subjects]
-    thresholds = baseline_thresholds(train_cases, val_subjects, profile.threshold_percentile, PreprocessingSettings(size=profile.ssae_size, atlas=True), work / "cache")
+    thresholds = baseline_thresholds(
+        train_cases, val_subjects, profile.threshold_percentile, PreprocessingSettings(size=profile.ssae_size, atlas=True), work / "cache"
+    )
     rows, curves, panel_source = evaluate_sets(detectors, sets, work / "cache", thresholds, seed, log)
     paths = {
         "csv": output / "results.csv",

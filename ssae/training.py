@@ -20,7 +20,6 @@ Around that core, what a long-running job needs:
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import random
@@ -91,9 +90,7 @@ class TrainingConfig:
 def split_subjects(names: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Hold out whole subjects for validation (at least one, leaving at least one to train)."""
     if len(names) < 2:
-        raise SSAEError(
-            f"training needs at least 2 subjects (one is held out for validation and early stopping); found {len(names)}"
-        )
+        raise SSAEError(f"training needs at least 2 subjects (one is held out for validation and early stopping); found {len(names)}")
     order = list(names)
     random.Random(seed).shuffle(order)
     n_val = min(max(1, round(val_fraction * len(order))), len(order) - 1)
@@ -181,7 +178,7 @@ class _StopRequest:
         self.requested = False
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "_StopRequest":
+    def __enter__(self) -> _StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", signal.SIGTERM)):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -247,9 +244,7 @@ class Trainer:
         if resume and not self.resume_path.exists():
             raise SSAEError(f"nothing to resume: {self.resume_path} does not exist")
         if not resume and self.resume_path.exists():
-            raise SSAEError(
-                f"{self.resume_path} holds an interrupted run for this output; pass --resume to continue it or delete it"
-            )
+            raise SSAEError(f"{self.resume_path} holds an interrupted run for this output; pass --resume to continue it or delete it")
         self.train_subjects, self.val_subjects = split_subjects([c.name for c in cases], config.val_fraction, config.seed)
 
     # -- data -------------------------------------------------------------------------------
@@ -288,7 +283,15 @@ class Trainer:
         return total / max(count, 1.0)
 
     # -- resume state -------------------------------------------------------------------------
-    def _save_state(self, model: ScaleSpaceAutoencoder, optimizer: torch.optim.Optimizer, state: _LevelState, stack: SliceStack, history: list, elapsed: float) -> None:
+    def _save_state(
+        self,
+        model: ScaleSpaceAutoencoder,
+        optimizer: torch.optim.Optimizer,
+        state: _LevelState,
+        stack: SliceStack,
+        history: list,
+        elapsed: float,
+    ) -> None:
         if not self.dist.main:
             return
         payload = {
@@ -376,7 +379,11 @@ class Trainer:
             for k, net in enumerate(model.nets):
                 net.requires_grad_(k == level)
             net = model.nets[level]
-            wrapped = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None) if self.dist.active else net
+            wrapped = (
+                DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                if self.dist.active
+                else net
+            )
             optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
             if optimizer_state is not None:
                 optimizer.load_state_dict(optimizer_state)
@@ -414,7 +421,12 @@ class Trainer:
                     seconds_per_step = took if seconds_per_step is None else 0.9 * seconds_per_step + 0.1 * took
                     if step % 10 == 0 or step == len(batches) - 1:
                         self.progress.event(
-                            "step", level=level, epoch=state.epoch, step=step + 1, steps=len(batches), loss=loss_value,
+                            "step",
+                            level=level,
+                            epoch=state.epoch,
+                            step=step + 1,
+                            steps=len(batches),
+                            loss=loss_value,
                             eta_s=self._eta(seconds_per_step, level, state, len(batches), step + 1),
                         )
                 state.step = 0
@@ -430,19 +442,32 @@ class Trainer:
                 state.epoch += 1
                 history.append({"level": level, "epoch": state.epoch, "train_loss": train_loss_value, "val_loss": val_loss})
                 self.progress.event(
-                    "epoch", level=level, epoch=state.epoch, train_loss=train_loss_value, val_loss=val_loss,
-                    best_val_loss=state.best_val, bad_epochs=state.bad_epochs,
+                    "epoch",
+                    level=level,
+                    epoch=state.epoch,
+                    train_loss=train_loss_value,
+                    val_loss=val_loss,
+                    best_val_loss=state.best_val,
+                    bad_epochs=state.bad_epochs,
                     eta_s=self._eta(seconds_per_step, level, state, len(batches), 0),
                 )
                 self._save_state(model, optimizer, state, stack, history, elapsed_before + time.time() - started)
             assert state.best_weights is not None
             net.load_state_dict(state.best_weights)
             net.requires_grad_(False)
-            self.progress.event("level_done", level=level, epochs=state.epoch, best_val_loss=state.best_val,
-                                stopped_early=state.bad_epochs >= cfg.patience)
+            self.progress.event(
+                "level_done", level=level, epochs=state.epoch, best_val_loss=state.best_val, stopped_early=state.bad_epochs >= cfg.patience
+            )
             if level > 0:  # the finished level's best weights are the resume point for the next
                 next_state = _LevelState(level=level - 1)
-                self._save_state(model, torch.optim.Adam(model.nets[level - 1].parameters(), lr=cfg.learning_rate), next_state, stack, history, elapsed_before + time.time() - started)
+                self._save_state(
+                    model,
+                    torch.optim.Adam(model.nets[level - 1].parameters(), lr=cfg.learning_rate),
+                    next_state,
+                    stack,
+                    history,
+                    elapsed_before + time.time() - started,
+                )
 
         return self._finish(model, stack, history, elapsed_before + time.time() - started)
 

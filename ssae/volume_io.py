@@ -145,14 +145,14 @@ def write_volume(image: sitk.Image, path: str | os.PathLike[str], overwrite: boo
 def write_json(data: Any, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
     path = Path(path)
     with atomic_path(path, overwrite) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return path
 
 
 def write_text(text: str, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
     path = Path(path)
     with atomic_path(path, overwrite) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 

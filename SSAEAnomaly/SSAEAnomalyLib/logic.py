@@ -144,8 +144,17 @@ class AnomalyLogic:
         workdir = Path(tempfile.mkdtemp(prefix="ssae-detect-"))
         sitk.WriteImage(image, str(workdir / "input.nrrd"))
         args = [
-            "detect", model_path, str(workdir / "input.nrrd"), "-o", str(workdir / "out"), "--format", "nrrd",
-            "--device", self.parameters.device, "--progress-log", str(workdir / "progress.jsonl"),
+            "detect",
+            model_path,
+            str(workdir / "input.nrrd"),
+            "-o",
+            str(workdir / "out"),
+            "--format",
+            "nrrd",
+            "--device",
+            self.parameters.device,
+            "--progress-log",
+            str(workdir / "progress.jsonl"),
         ]
         if mask is not None:
             sitk.WriteImage(mask, str(workdir / "brain_mask.nrrd"))
@@ -162,7 +171,7 @@ class AnomalyLogic:
             if not files[0].exists():
                 raise SSAEError("the detection process wrote no results")
             maps = {p.name[len("input_") : -len(".nrrd")]: read_volume(p, "result") for p in files}
-            summary = json.loads((out / "input_summary.json").read_text())
+            summary = json.loads((out / "input_summary.json").read_text(encoding="utf-8"))
             self.registration = summary.get("registration")
             volume, _, _, model_path = self._inputs()
             rows = self.show_results(volume, maps, model_path, replace_previous)

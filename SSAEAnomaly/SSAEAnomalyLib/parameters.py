@@ -36,7 +36,7 @@ class AnomalyParameters:
         self.node = node
 
     @classmethod
-    def of_scene(cls, scene) -> "AnomalyParameters":
+    def of_scene(cls, scene) -> AnomalyParameters:
         return cls(module_parameter_node(scene, MODULE_NAME))
 
     # plain values ---------------------------------------------------------------------------

@@ -14,10 +14,10 @@ from pathlib import Path
 
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 
-import numpy as np  # noqa: E402
-import slicer  # noqa: E402
-import vtk  # noqa: E402
-from vtk.util import numpy_support  # noqa: E402
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
 
 
 def headless_scene():

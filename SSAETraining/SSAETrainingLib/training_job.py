@@ -30,6 +30,8 @@ class TrainingRequest:
     epochs: int = 60
     patience: int = 6
     batch_size: int = 8
+    atlas: bool = True
+    bias_correction: bool = True
     device: str = "auto"
     resume: bool = False
     overwrite: bool = False
@@ -50,12 +52,34 @@ class TrainingRequest:
 
     def arguments(self, progress_log: Path) -> list[str]:
         args = [
-            "train", self.data_folder, "-o", self.output, "--variant", self.variant, "--size", str(self.size),
-            "--levels", str(self.levels), "--epochs", str(self.epochs), "--patience", str(self.patience),
-            "--batch-size", str(self.batch_size), "--device", self.device, "--progress-log", str(progress_log), "--quiet",
+            "train",
+            self.data_folder,
+            "-o",
+            self.output,
+            "--variant",
+            self.variant,
+            "--size",
+            str(self.size),
+            "--levels",
+            str(self.levels),
+            "--epochs",
+            str(self.epochs),
+            "--patience",
+            str(self.patience),
+            "--batch-size",
+            str(self.batch_size),
+            "--device",
+            self.device,
+            "--progress-log",
+            str(progress_log),
+            "--quiet",
         ]
         if self.brain_masks_folder:
             args += ["--brain-masks", self.brain_masks_folder]
+        if self.atlas:
+            args.append("--atlas")
+        if self.bias_correction:
+            args.append("--bias-correction")
         if self.resume:
             args.append("--resume")
         if self.overwrite:
