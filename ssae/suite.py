@@ -275,9 +275,10 @@ def evaluate_sets(
     seed: int,
     log: Callable[[str], None],
 ) -> tuple[list[ResultRow], dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], dict[str, Any]]:
-    """Rows for every (data set, model, map), PR curves, and the detection results of the first MS case."""
+    """Rows for every (data set, model, map), PR curves, and per manually labelled data set the
+    detection results of its case with the most lesion voxels (for the Fig. 2 panels)."""
     rows, curves = [], {}
-    panel_source: dict[str, Any] = {}
+    panel_sources: dict[str, dict[str, Any]] = {}
     rng = np.random.default_rng(seed)
     for test in sets:
         per_case: list[MapScores] = []
@@ -285,8 +286,9 @@ def evaluate_sets(
             log(f"{test.name}: {case.name}")
             scores, extras = score_case(case, detectors, cache)
             per_case.append(scores)
-            if not panel_source and test.labels == "manual":
-                panel_source = {"case": case, "results": extras}
+            lesion_voxels = int(scores.labels.sum())
+            if test.labels == "manual" and lesion_voxels > panel_sources.get(test.name, {}).get("lesion_voxels", 0):
+                panel_sources[test.name] = {"case": case, "results": extras, "lesion_voxels": lesion_voxels}
         curves[test.name] = {}
         for key in per_case[0].maps:
             model, map_name = key.split("|")
@@ -316,7 +318,7 @@ def evaluate_sets(
             precision, recall, _ = precision_recall(pooled_scores, pooled_labels)
             step = max(1, len(recall) // 1500)
             curves[test.name][key] = (recall[::step], precision[::step])
-    return rows, curves, panel_source
+    return rows, curves, panel_sources
 
 
 def _calibrated_threshold(detectors: dict[str, Detector], model: str, map_name: str, baseline_thresholds: dict[str, float]) -> float | None:
@@ -425,6 +427,10 @@ def results_markdown(rows: list[ResultRow], profile: Profile, settings: dict[str
         f"({profile.threshold_percentile:g}th percentile; for the intensity baselines on the same subjects' normalised FLAIR). "
         "Intervals: 95 % bootstrap over subjects (few subjects: wide and crude).",
         "",
+        "Test scans go through the same N4 correction, registration and brain mask as the training scans; the FLAIR intensity "
+        "rows threshold that same corrected, normalised FLAIR inside the same brain mask. 'AE <variant>' without a size sums "
+        "the plain AEs' residuals across sizes on the largest one's grid.",
+        "",
         f"Post-processing: {json.dumps(settings)}",
         "",
         header,
@@ -505,42 +511,62 @@ def pr_figure(curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], rows:
     plt.close(fig)
 
 
-def panels_figure(panel_source: dict[str, Any], ae_name: str, ssae_name: str, path: Path) -> None:
-    """Fig. 2: input, ground truth, AE reconstruction and residual, SSAE reconstruction and residual."""
+def _spread_slices(lesion_area: np.ndarray, count: int, gap: int) -> list[int]:
+    """The slices with the most lesion, at least ``gap`` apart (neighbours look alike), top to bottom."""
+    picks: list[int] = []
+    for z in np.argsort(-lesion_area):
+        if lesion_area[z] == 0 or len(picks) == count:
+            break
+        if all(abs(int(z) - p) >= gap for p in picks):
+            picks.append(int(z))
+    return sorted(picks, reverse=True)
+
+
+def panels_figure(panel_sources: dict[str, dict[str, Any]], ae_name: str, ssae_name: str, path: Path, slices_per_case: int = 2) -> None:
+    """Fig. 2: input, ground truth, AE reconstruction and residual, SSAE reconstruction and
+    residual, on the most lesioned slices of each manually labelled data set's largest case."""
     from .preprocessing import resample_to_grid
 
     plt = _figure()
-    case, results = panel_source["case"], panel_source["results"]
-    ae, ssae = results[ae_name], results[ssae_name]
-    truth_image = read_case_volumes(case, need_label=True)[2]
-    truth = resample_to_grid(truth_image, ssae.prepared.grid, label=True, transform=ssae.prepared.transform)
-    picks = np.argsort(-truth.reshape(truth.shape[0], -1).sum(axis=1))[:3]
-    ae_size, ssae_size = ae.prepared.slices.shape[-1], ssae.prepared.slices.shape[-1]
-    columns = [
-        ("input", ssae.prepared.slices, "gray", 1.0),
-        ("ground truth", truth, "Greens", 1.0),
-        (f"AE reconstruction ({ae_size} px)", np.clip(ae.residuals.reconstruction, 0, 1), "gray", 1.0),
-        ("AE residual", ae.grid_scores["aggregated"], "inferno", None),
-        (f"SSAE reconstruction ({ssae_size} px)", np.clip(ssae.residuals.reconstruction, 0, 1), "gray", 1.0),
-        ("SSAE residual (aggregated)", ssae.grid_scores["aggregated"], "inferno", None),
-    ]
-    fig, axes = plt.subplots(len(picks), len(columns), figsize=(2.2 * len(columns), 2.3 * len(picks) + 0.5), squeeze=False)
-    for r, z in enumerate(picks):
-        for c, (title, volume, cmap, top) in enumerate(columns):
-            if volume.shape[-1] != ssae_size:  # the AE works on its own grid size: same field of view
-                zz = int(round(z * volume.shape[0] / truth.shape[0]))
-            else:
-                zz = z
-            zz = min(zz, volume.shape[0] - 1)
-            vmax = top if top is not None else max(float(np.percentile(volume, 99.9)), 1e-6)
-            axes[r, c].imshow(volume[zz], cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
-            axes[r, c].axis("off")
+    panel_rows = []
+    for source in panel_sources.values():
+        case, results = source["case"], source["results"]
+        ae, ssae = results[ae_name], results[ssae_name]
+        truth_image = read_case_volumes(case, need_label=True)[2]
+        truth = resample_to_grid(truth_image, ssae.prepared.grid, label=True, transform=ssae.prepared.transform)
+        area = truth.reshape(truth.shape[0], -1).sum(axis=1)
+        for z in _spread_slices(area, count=slices_per_case, gap=max(2, truth.shape[0] // 12)):
+            panel_rows.append((f"{case.name}, slice {z}", z, truth, ae, ssae))
+    if not panel_rows:
+        return
+    columns = ["input", "ground truth", "AE reconstruction", "AE residual", "SSAE reconstruction", "SSAE residual (aggregated)"]
+    fig, axes = plt.subplots(len(panel_rows), len(columns), figsize=(2.2 * len(columns), 2.3 * len(panel_rows) + 0.5), squeeze=False)
+    for r, (label, z, truth, ae, ssae) in enumerate(panel_rows):
+        ae_z = min(round(z * ae.prepared.slices.shape[0] / truth.shape[0]), ae.prepared.slices.shape[0] - 1)  # same anatomy
+        images = [
+            (ssae.prepared.slices[z], "gray", 1.0),
+            (truth[z], "Greens", 1.0),
+            (np.clip(ae.residuals.reconstruction[ae_z], 0, 1), "gray", 1.0),
+            (ae.grid_scores["aggregated"][ae_z], "inferno", _display_top(ae.grid_scores["aggregated"])),
+            (np.clip(ssae.residuals.reconstruction[z], 0, 1), "gray", 1.0),
+            (ssae.grid_scores["aggregated"][z], "inferno", _display_top(ssae.grid_scores["aggregated"])),
+        ]
+        for c, (image, cmap, top) in enumerate(images):
+            axes[r, c].imshow(image, cmap=cmap, vmin=0, vmax=top, interpolation="nearest")
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
             if r == 0:
-                axes[r, c].set_title(title, fontsize=8)
-    fig.suptitle(f"{case.name}: median-filtered positive residuals (Fig. 2 layout)", fontsize=9)
+                axes[r, c].set_title(columns[c], fontsize=8)
+        axes[r, 0].set_ylabel(label, fontsize=7)
+    fig.suptitle(f"{ae_name} vs {ssae_name}: median-filtered positive residuals (Fig. 2 layout)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _display_top(volume: np.ndarray) -> float:
+    """Colour-scale maximum of a score volume: its 99.9th percentile, robust to single hot voxels."""
+    return max(float(np.percentile(volume, 99.9)), 1e-6)
 
 
 def run_suite(
@@ -577,7 +603,7 @@ def run_suite(
     thresholds = baseline_thresholds(
         train_cases, val_subjects, profile.threshold_percentile, PreprocessingSettings(size=profile.ssae_size, atlas=True), work / "cache"
     )
-    rows, curves, panel_source = evaluate_sets(detectors, sets, work / "cache", thresholds, seed, log)
+    rows, curves, panel_sources = evaluate_sets(detectors, sets, work / "cache", thresholds, seed, log)
     paths = {
         "csv": output / "results.csv",
         "markdown": output / "results.md",
@@ -591,8 +617,8 @@ def run_suite(
     fidelity_figure(model_paths, paths["fidelity"])
     pr_figure(curves, rows, paths["pr_curves"])
     largest_plain = f"AE dense {max(profile.plain_sizes)}"
-    if panel_source and "SSAE dense" in detectors and largest_plain in detectors:
-        panels_figure(panel_source, largest_plain, "SSAE dense", paths["panels"])
+    if panel_sources and "SSAE dense" in detectors and largest_plain in detectors:
+        panels_figure(panel_sources, largest_plain, "SSAE dense", paths["panels"])
     write_json(
         {
             "profile": asdict(profile),
