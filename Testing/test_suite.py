@@ -13,9 +13,9 @@ from ssae.preprocessing import PreprocessingSettings, prepare_volume
 from ssae.suite import CSV_COLUMNS, Profile, bootstrap_intervals, run_suite
 
 
-def test_two_models_two_cases_give_a_well_formed_report(small_cases, tmp_path):
+def test_three_models_two_cases_give_a_well_formed_report(small_cases, tmp_path):
     profile = Profile(
-        "test", ssae_size=64, ssae_levels=2, plain_sizes=(64,), max_epochs=1, patience=1, variants=("dense",), threshold_percentile=99.0
+        "test", ssae_size=64, ssae_levels=2, plain_sizes=(32, 64), max_epochs=1, patience=1, variants=("dense",), threshold_percentile=99.0
     )
     paths = run_suite(small_cases, {"mslub": (small_cases, "manual")}, tmp_path / "report", profile, log=lambda m: None)
     with open(paths["csv"], encoding="utf-8") as handle:
@@ -26,7 +26,9 @@ def test_two_models_two_cases_give_a_well_formed_report(small_cases, tmp_path):
         ("SSAE dense", "aggregated"),
         ("SSAE dense", "64 px"),
         ("SSAE dense", "32 px"),
+        ("AE dense 32", "aggregated"),
         ("AE dense 64", "aggregated"),
+        ("AE dense", "aggregated"),  # the plain AEs' residuals summed across sizes
         ("FLAIR intensity", "-"),
         ("FLAIR intensity + prior", "-"),
     } <= models

@@ -20,7 +20,6 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ssae.datasets import find_cases
-from ssae.preprocessing import foreground_mask
 from ssae.registration import align_to_atlas, bias_correct, load_atlas, warp_atlas_brain
 from ssae.volume_io import read_mask, read_volume
 
@@ -48,7 +47,7 @@ def main() -> None:
         for case in cases:
             image = read_volume(case.image)
             t0 = time.perf_counter()
-            corrected = bias_correct(image, foreground_mask(image))
+            corrected = bias_correct(image)
             t_n4 = time.perf_counter() - t0
             alignment = align_to_atlas(corrected)
             warped_text = cleaned_text = "-"

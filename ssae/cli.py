@@ -291,7 +291,6 @@ def _report_alignment(alignment, modality: str = "FLAIR") -> None:
 
 def _preprocess(args: argparse.Namespace) -> None:
     from .datasets import Case, find_cases, read_case_volumes
-    from .preprocessing import foreground_mask
     from .registration import align_to_atlas, atlas_space_image, bias_correct, write_transform
     from .volume_io import refuse_existing, volume_stem, write_json, write_volume
 
@@ -305,7 +304,7 @@ def _preprocess(args: argparse.Namespace) -> None:
     refuse_existing([args.output_dir / f"{c.name}_{n}" for c in cases for n in names], args.overwrite)
     for case in cases:
         image, brain, _ = read_case_volumes(case)
-        source = image if args.no_bias_correction else bias_correct(image, brain if brain is not None else foreground_mask(image))
+        source = image if args.no_bias_correction else bias_correct(image, brain)
         alignment = align_to_atlas(source, brain)
         _report_alignment(alignment)
         out = {n: args.output_dir / f"{case.name}_{n}" for n in names}

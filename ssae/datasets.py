@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from scipy import ndimage
 
 from .errors import SSAEError
 from .preprocessing import PreprocessingSettings, prepare_volume, resample_to_grid
+from .registration import AtlasAlignment, RegistrationQuality, align_to_atlas, bias_correct, write_transform
 from .volume_io import VOLUME_SUFFIXES, read_mask, read_volume, volume_stem
 
 BRAIN_MASK_WORDS = ("brainmask", "brain_mask", "brain-mask", "mask")
@@ -256,15 +257,15 @@ def load_slice_stack(
     )
 
 
-def cached_alignment(case: Case, image: sitk.Image, brain_mask: sitk.Image | None, bias_correction: bool, cache_root: Path):
+def cached_alignment(
+    case: Case, image: sitk.Image, brain_mask: sitk.Image | None, bias_correction: bool, cache_root: Path
+) -> AtlasAlignment:
     """Atlas registration of a case, computed once and kept beside the slice cache.
 
     Keyed by the case's files and the bias-correction setting, not by the model's input size,
     so models of different sizes trained on the same scans share one registration per scan.
+    ``image`` is the scan as registered: already N4-corrected when ``bias_correction`` is set.
     """
-    from .preprocessing import foreground_mask
-    from .registration import AtlasAlignment, RegistrationQuality, align_to_atlas, bias_correct, write_transform
-
     digest = hashlib.sha256(
         json.dumps([_file_digest(case.image), _file_digest(case.brain_mask) if case.brain_mask else None, bias_correction]).encode()
     ).hexdigest()[:24]
@@ -274,8 +275,7 @@ def cached_alignment(case: Case, image: sitk.Image, brain_mask: sitk.Image | Non
         transform = sitk.AffineTransform(sitk.ReadTransform(str(folder / "atlas_to_scan.tfm")))
         mask = sitk.ReadImage(str(folder / "brain_mask.nii.gz"))
         return AtlasAlignment(transform=transform, brain_mask=mask, quality=quality, seconds=0.0)
-    source = bias_correct(image, brain_mask if brain_mask is not None else foreground_mask(image)) if bias_correction else image
-    alignment = align_to_atlas(source, brain_mask)
+    alignment = align_to_atlas(image, brain_mask)
     folder.mkdir(parents=True, exist_ok=True)
     write_transform(alignment.transform, folder / "atlas_to_scan.tfm", overwrite=True)
     sitk.WriteImage(alignment.brain_mask, str(folder / "brain_mask.nii.gz"), True)
@@ -291,10 +291,12 @@ def _build_cache(cases: list[Case], settings: PreprocessingSettings, folder: Pat
         log(f"preprocessing {case.name} ({index + 1}/{len(cases)})")
         image = read_volume(case.image, f"image of {case.name}")
         brain_mask = read_mask(case.brain_mask, image, f"brain mask of {case.name}") if case.brain_mask else None
-        alignment = cached_alignment(case, image, brain_mask, settings.bias_correction, cache_root) if settings.atlas else None
+        # N4 once per scan: the registration and the slices both use the corrected scan.
+        source = bias_correct(image, brain_mask) if settings.bias_correction else image
+        alignment = cached_alignment(case, source, brain_mask, settings.bias_correction, cache_root) if settings.atlas else None
         if alignment is not None and not alignment.quality.passed:
             log(f"warning: {case.name}: registration check failed ({alignment.quality.message})")
-        prepared = prepare_volume(image, settings, brain_mask, alignment)
+        prepared = prepare_volume(source, replace(settings, bias_correction=False), brain_mask, alignment)
         keep = np.ones_like(prepared.brain)
         if case.label is not None:
             lesion = resample_to_grid(

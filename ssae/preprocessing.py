@@ -236,7 +236,7 @@ def prepare_volume(
 
     source = image
     if settings.bias_correction:
-        source = bias_correct(image, brain_mask if brain_mask is not None else foreground_mask(image))
+        source = bias_correct(image, brain_mask)
     if settings.atlas:
         alignment = alignment or align_to_atlas(source, brain_mask)
         mask, grid, transform = alignment.brain_mask, atlas_slice_grid(settings), alignment.transform

@@ -31,6 +31,7 @@ import SimpleITK as sitk
 
 from .errors import SSAEError
 from .preprocessing import fill_holes_per_slice, foreground_mask
+from .resources import atlas_folder
 
 ATLAS_FILES = {
     "t1": "mni_icbm152_2009a_t1_brain_1mm.nii.gz",
@@ -46,21 +47,16 @@ SCALE_RANGE = (0.7, 1.3)  # atlas-to-scan: the MNI brain is larger than most; el
 class Atlas:
     t1: sitk.Image  # float32 in [0, 1], 1 mm
     brain: sitk.Image  # uint8, 1 mm
-    fixed: sitk.Image  # T1 at 2 mm for registration
+    fixed: sitk.Image  # T1 at 2 mm for registration; gm, wm and the masks below share its grid
+    brain_2mm: sitk.Image  # uint8 brain mask at 2 mm
     fixed_mask: sitk.Image  # dilated brain at 2 mm (where the metric looks)
     gm: sitk.Image  # probability in [0, 1], 2 mm
     wm: sitk.Image
 
 
-def atlas_dir() -> Path:
-    from .resources import atlas_folder
-
-    return atlas_folder()
-
-
 @lru_cache(maxsize=1)
 def load_atlas() -> Atlas:
-    folder = atlas_dir()
+    folder = atlas_folder()
     missing = [name for name in ATLAS_FILES.values() if not (folder / name).is_file()]
     if missing:
         raise SSAEError(f"atlas files missing in {folder}: {', '.join(missing)}")
@@ -71,17 +67,19 @@ def load_atlas() -> Atlas:
     reference.SetDirection(t1.GetDirection())
     reference.SetOrigin(t1.TransformContinuousIndexToPhysicalPoint([0.5] * 3))
     fixed = sitk.Resample(sitk.SmoothingRecursiveGaussian(t1, 0.85), reference, sitk.Transform(), sitk.sitkLinear, 0.0)
-    fixed_mask = sitk.BinaryDilate(
-        sitk.Cast(sitk.Resample(brain, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0), sitk.sitkUInt8), [4] * 3
-    )
+    brain_2mm = sitk.Cast(sitk.Resample(brain, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0), sitk.sitkUInt8)
+    fixed_mask = sitk.BinaryDilate(brain_2mm, [4] * 3)
     gm = sitk.Cast(sitk.ReadImage(str(folder / ATLAS_FILES["gm"])), sitk.sitkFloat32) / 255.0
     wm = sitk.Cast(sitk.ReadImage(str(folder / ATLAS_FILES["wm"])), sitk.sitkFloat32) / 255.0
-    return Atlas(t1=t1, brain=brain, fixed=fixed, fixed_mask=fixed_mask, gm=gm, wm=wm)
+    return Atlas(t1=t1, brain=brain, fixed=fixed, brain_2mm=brain_2mm, fixed_mask=fixed_mask, gm=gm, wm=wm)
 
 
-def bias_correct(image: sitk.Image, mask: sitk.Image, fit_spacing_mm: float = 4.0, iterations: int = 30) -> sitk.Image:
-    """N4 bias-field correction, fitted on a copy shrunk to ~``fit_spacing_mm`` voxels (the
-    field is smooth) and applied at full resolution."""
+def bias_correct(image: sitk.Image, mask: sitk.Image | None = None, fit_spacing_mm: float = 4.0, iterations: int = 30) -> sitk.Image:
+    """N4 bias-field correction inside ``mask`` (a brain mask, else the head foreground), fitted
+    on a copy shrunk to ~``fit_spacing_mm`` voxels (the field is smooth) and applied at full
+    resolution."""
+    if mask is None:
+        mask = foreground_mask(image)
     source = sitk.Cast(image, sitk.sitkFloat32)
     low = float(np.percentile(sitk.GetArrayViewFromImage(source)[sitk.GetArrayViewFromImage(mask) > 0], 1))
     shift = 1.0 - min(low, 0.0)  # N4 works on log intensities: keep them positive
@@ -256,16 +254,23 @@ class _Candidate:
     mutual_information: float
 
     @property
+    def mostly_inside_head(self) -> bool:
+        return self.inside_head >= MIN_BRAIN_INSIDE_HEAD
+
+    @property
+    def anatomical_scales(self) -> bool:
+        return all(SCALE_RANGE[0] <= s <= SCALE_RANGE[1] for s in self.scales)
+
+    @property
     def plausible(self) -> bool:
-        return self.inside_head >= MIN_BRAIN_INSIDE_HEAD and all(SCALE_RANGE[0] <= s <= SCALE_RANGE[1] for s in self.scales)
+        return self.mostly_inside_head and self.anatomical_scales
 
 
 def _judge(atlas: Atlas, transform: sitk.AffineTransform, moving: sitk.Image, head: sitk.Image) -> _Candidate:
     warped = sitk.GetArrayFromImage(warp_atlas_brain(transform, moving)).astype(bool)
     inside = float((warped & sitk.GetArrayViewFromImage(head).astype(bool)).sum() / max(warped.sum(), 1))
     scales = [float(v) for v in np.linalg.svd(np.array(transform.GetMatrix()).reshape(3, 3), compute_uv=False)]
-    brain = sitk.Cast(sitk.Resample(atlas.brain, atlas.fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0), sitk.sitkUInt8)
-    method = _mutual_information(atlas, fixed_mask=brain)
+    method = _mutual_information(atlas, fixed_mask=atlas.brain_2mm)
     method.SetMetricSamplingStrategy(method.NONE)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetInitialTransform(transform)
@@ -336,7 +341,7 @@ def contrast_check(image: sitk.Image, transform: sitk.Transform) -> tuple[dict[s
     atlas = load_atlas()
     sampled = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), atlas.gm, transform, sitk.sitkLinear, np.nan))
     gm, wm = sitk.GetArrayViewFromImage(atlas.gm), sitk.GetArrayViewFromImage(atlas.wm)
-    brain = sitk.GetArrayFromImage(sitk.Resample(atlas.brain, atlas.gm, sitk.Transform(), sitk.sitkNearestNeighbor, 0)) > 0
+    brain = sitk.GetArrayViewFromImage(atlas.brain_2mm) > 0
     csf = brain & (gm < 0.1) & (wm < 0.1)
     regions = {"grey_matter": (gm > 0.6), "white_matter": (wm > 0.9), "csf": csf}
     medians = {name: float(np.nanmedian(sampled[region])) for name, region in regions.items() if np.isfinite(sampled[region]).any()}
@@ -364,9 +369,9 @@ def align_to_atlas(image: sitk.Image, brain_mask: sitk.Image | None = None) -> A
             "(is this a brain MRI? is the head fully in the field of view?)"
         )
     problems = []
-    if best.inside_head < MIN_BRAIN_INSIDE_HEAD:
+    if not best.mostly_inside_head:
         problems.append(f"only {best.inside_head:.0%} of the registered template brain lies inside the scan's head")
-    if not all(SCALE_RANGE[0] <= s <= SCALE_RANGE[1] for s in best.scales):
+    if not best.anatomical_scales:
         problems.append(f"the affine scales {', '.join(f'{s:.2f}' for s in best.scales)} are not anatomical")
     contrast, contrast_warning = contrast_check(image, best.transform)
     quality = RegistrationQuality(

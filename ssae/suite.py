@@ -33,11 +33,11 @@ import SimpleITK as sitk
 from .baselines import intensity_score
 from .checkpoint import read_model_card
 from .datasets import Case, cached_alignment, find_cases, read_case_volumes
-from .detection import Detector
+from .detection import DetectionResult, Detector
 from .metrics import average_precision, best_dice, overlap, precision_recall
 from .models import Architecture, count_parameters
 from .postprocessing import PostprocessingSettings, anomaly_score, eroded_brain
-from .preprocessing import PreprocessingSettings, foreground_mask, prepare_volume, to_input_grid
+from .preprocessing import PreprocessingSettings, prepare_volume, to_input_grid
 from .registration import bias_correct
 from .training import TrainingConfig, train
 from .volume_io import write_json, write_text
@@ -102,7 +102,7 @@ def _corrected_case(case: Case, folder: Path) -> Case:
     target = folder / case.name / "flair.nii.gz"
     if not target.exists():
         image, brain, _ = read_case_volumes(case)
-        corrected = bias_correct(image, brain if brain is not None else foreground_mask(image))
+        corrected = bias_correct(image, brain)
         target.parent.mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(corrected, str(target), True)
     return Case(name=case.name, image=target, brain_mask=case.brain_mask, label=case.label)
@@ -165,35 +165,33 @@ class MapScores:
     maps: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _plain_aggregate(detectors: list[Detector], image: sitk.Image, alignment) -> sitk.Image:
-    """Residuals of plain AEs at several sizes, brought to the largest one's grid and summed.
+def _plain_aggregate(results: list[DetectionResult], post: PostprocessingSettings, image: sitk.Image) -> sitk.Image:
+    """Residuals of plain AEs at several sizes (their finished detections), brought to the
+    largest one's grid and summed.
 
     Atlas slice grids are isotropic, so a smaller model also has fewer, thicker slices: each
     residual volume is resampled in atlas space onto the largest model's grid (the a_k recursion
     of Eq. 6 across models instead of across pyramid levels).
     """
-    detectors = sorted(detectors, key=lambda d: d.card.architecture.size)
-    largest = prepare_volume(image, detectors[-1].card.preprocessing, alignment=alignment)
+    largest = max(results, key=lambda r: r.prepared.slices.shape[-1]).prepared
     total = np.zeros_like(largest.slices)
-    for detector in detectors:
-        prepared = prepare_volume(image, detector.card.preprocessing, alignment=alignment)
-        residual = sitk.GetImageFromArray(detector.slice_residuals(prepared.slices, scales=False).aggregated)
-        residual.CopyInformation(prepared.grid)
+    for result in results:
+        residual = sitk.GetImageFromArray(result.residuals.aggregated)
+        residual.CopyInformation(result.prepared.grid)
         total += sitk.GetArrayFromImage(sitk.Resample(residual, largest.grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
-    post = detectors[-1].card.postprocessing
     score = anomaly_score(total, largest.slices, eroded_brain(largest.brain, post.brain_erosion), post, largest.brain)
     brain = sitk.Cast(largest.brain_mask, sitk.sitkFloat32)
     return to_input_grid(score, largest.grid, image, largest.transform) * brain
 
 
-def score_case(case: Case, detectors: dict[str, Detector], cache: Path) -> tuple[MapScores, dict[str, Any]]:
+def score_case(case: Case, detectors: dict[str, Detector], cache: Path) -> tuple[MapScores, dict[str, DetectionResult]]:
     """Every model's maps (per scale and aggregated) and both baselines on one case's brain."""
     image, brain_mask, label = read_case_volumes(case, need_label=True)
     alignment = cached_alignment(case, image, brain_mask, False, cache)
     truth = sitk.GetArrayFromImage(label).astype(bool)
     counted = sitk.GetArrayFromImage(alignment.brain_mask if brain_mask is None else brain_mask).astype(bool) | truth
     scores = MapScores(labels=truth[counted])
-    extras: dict[str, Any] = {}
+    extras: dict[str, DetectionResult] = {}
     for name, detector in detectors.items():
         result = detector.detect(image, brain_mask, scales=detector.card.architecture.scale_space, alignment=alignment)
         scores.maps[f"{name}|aggregated"] = sitk.GetArrayViewFromImage(result.aggregated)[counted].copy()
@@ -202,9 +200,10 @@ def score_case(case: Case, detectors: dict[str, Detector], cache: Path) -> tuple
             scores.maps[f"{name}|{size} px"] = sitk.GetArrayViewFromImage(level_image)[counted].copy()
         extras[name] = result
     for variant in sorted({n.split()[1] for n in detectors if n.startswith("AE ")}):
-        plain = [d for n, d in detectors.items() if n.startswith(f"AE {variant} ")]
+        plain = [n for n in detectors if n.startswith(f"AE {variant} ")]
         if len(plain) > 1:
-            combined = _plain_aggregate(plain, image, alignment)
+            largest = max(plain, key=lambda n: detectors[n].card.architecture.size)
+            combined = _plain_aggregate([extras[n] for n in plain], detectors[largest].card.postprocessing, image)
             scores.maps[f"AE {variant}|aggregated"] = sitk.GetArrayViewFromImage(combined)[counted].copy()
     any_result = next(iter(extras.values()))
     scores.maps["FLAIR intensity|-"] = intensity_score(image, any_result.prepared)[counted]
