@@ -33,10 +33,12 @@ def _make_engine_importable() -> None:
 
 _make_engine_importable()
 
-from SSAEAnomalyLib.dependencies import device_description, ensure_engine_dependencies
-from SSAETrainingLib import TrainingRequest, load_request, parameter_node, save_request, start_training
+from SSAEAnomalyLib.dependencies import device_description, ensure_engine_dependencies  # noqa: E402 (paths set above)
+from SSAETrainingLib import TrainingRequest, load_request, parameter_node, save_request, start_training  # noqa: E402
 
-VARIANTS = ("dense", "spatial", "vae")
+from ssae import defaults  # noqa: E402
+
+MODES = {"train": "Train a new model on healthy scans", "adapt": "Adapt a model to my scans"}
 SIZES = ("64", "128", "256")
 DEVICES = ("auto", "cpu", "cuda")
 POLL_MS = 500
@@ -71,7 +73,10 @@ class SSAETrainingWidget(ScriptedLoadableModuleWidget):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.ui.variantComboBox.addItems(list(VARIANTS))
+        for key, label in MODES.items():
+            self.ui.modeComboBox.addItem(label, key)
+        self.ui.modeComboBox.connect("currentIndexChanged(int)", self.onModeChanged)
+        self.ui.variantComboBox.addItems(list(defaults.VARIANTS))
         self.ui.sizeComboBox.addItems(list(SIZES))
         self.ui.deviceComboBox.addItems(list(DEVICES))
         self.ui.deviceLabel.text = device_description()
@@ -83,9 +88,23 @@ class SSAETrainingWidget(ScriptedLoadableModuleWidget):
         self.showRequest(load_request(parameter_node(slicer.mrmlScene)))
 
     def cleanup(self):
-        self.onCancel()
+        """Slicer is closing: ask the run to stop; if it outlives its grace period it is ended
+        (the process runs on its own, so nothing waits here)."""
+        if self.job is not None:
+            self.timer.stop()
+            self.job.command.stop_in_background()
+
+    def onModeChanged(self, index=None):
+        adapting = self.ui.modeComboBox.currentData == "adapt"
+        self.ui.baseModelLineEdit.enabled = adapting
+        for widget in (self.ui.modelCollapsibleButton, self.ui.resumeCheckBox):
+            widget.enabled = not adapting  # the model to adapt fixes architecture and preprocessing
+        self.ui.trainButton.text = "Adapt" if adapting else "Train"
 
     def showRequest(self, request: TrainingRequest):
+        self.ui.modeComboBox.currentIndex = max(0, self.ui.modeComboBox.findData(request.mode))
+        self.ui.baseModelLineEdit.currentPath = request.base_model
+        self.onModeChanged()
         self.ui.dataFolderLineEdit.currentPath = request.data_folder
         self.ui.brainMasksFolderLineEdit.currentPath = request.brain_masks_folder
         self.ui.variantComboBox.currentIndex = max(0, self.ui.variantComboBox.findText(request.variant))
@@ -113,8 +132,10 @@ class SSAETrainingWidget(ScriptedLoadableModuleWidget):
             atlas=self.ui.atlasCheckBox.checked,
             bias_correction=self.ui.biasCorrectionCheckBox.checked,
             device=self.ui.deviceComboBox.currentText,
-            resume=self.ui.resumeCheckBox.checked,
+            resume=self.ui.resumeCheckBox.checked and self.ui.modeComboBox.currentData != "adapt",
             overwrite=self.ui.overwriteCheckBox.checked,
+            mode=self.ui.modeComboBox.currentData or "train",
+            base_model=self.ui.baseModelLineEdit.currentPath,
         )
 
     def onTrain(self):
@@ -128,6 +149,7 @@ class SSAETrainingWidget(ScriptedLoadableModuleWidget):
             self.ui.progressBar.value = 0
             self.ui.progressBar.show()
             self.ui.cancelButton.show()
+            self.ui.cancelButton.enabled = True
             self.ui.trainButton.enabled = False
             self.ui.useModelButton.enabled = False
             self.ui.statusLabel.text = "Starting..."
@@ -163,11 +185,11 @@ class SSAETrainingWidget(ScriptedLoadableModuleWidget):
         self.job = None
 
     def onCancel(self):
+        """Ask the run to stop (it saves its resume state); the timer sees it end. Never waits here."""
         if self.job is not None and self.job.command.running:
             self.ui.statusLabel.text = "Stopping (saving the resume state)..."
-            slicer.app.processEvents()
-            self.job.command.cancel()
-            self.onPoll()
+            self.ui.cancelButton.enabled = False
+            self.job.command.request_cancel()
 
     def onUseModel(self):
         from SSAEAnomalyLib import AnomalyParameters

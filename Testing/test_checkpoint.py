@@ -1,5 +1,6 @@
 """Model files: round trip, and refusal of anything that is not an intact SSAE model."""
 
+import hashlib
 import json
 import pickle
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ssae.checkpoint import CARD_KEY, ModelCard, Threshold, load_model, read_model_card, save_model
+from ssae.checkpoint import CARD_KEY, CHECKSUM_KEY, Calibration, ModelCard, load_model, read_model_card, save_model
 from ssae.errors import SSAEError
 from ssae.models import Architecture, build_model
 from ssae.postprocessing import PostprocessingSettings
@@ -21,7 +22,9 @@ def _card(arch: Architecture) -> ModelCard:
         preprocessing=PreprocessingSettings(size=arch.size),
         postprocessing=PostprocessingSettings(),
         aggregated_levels=[0, 1],
-        threshold=Threshold(0.123, "test threshold", 99.9, 1000),
+        thresholds={"aggregated": 0.123, "prior": 0.2},
+        calibration=Calibration("test threshold", 99.9, 1000),
+        score_map="prior",
         training={"seed": 7},
     )
 
@@ -40,7 +43,7 @@ def test_round_trip_keeps_weights_and_card(saved):
     loaded = load_model(path)
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.model.state_dict().items()):
         assert torch.equal(a, b), name
-    assert loaded.card.threshold.value == 0.123
+    assert loaded.card.threshold_for("aggregated") == 0.123 and loaded.card.score_map == "prior"
     assert loaded.card.training["seed"] == 7
     card = read_model_card(path)
     assert card["architecture"]["levels"] == 3 and card["parameters"] > 0
@@ -105,7 +108,8 @@ def test_weights_of_another_architecture_are_refused(saved, tmp_path):
 
     card["weights_sha256"] = weights_digest(state)
     forged = tmp_path / "forged.safetensors"
-    save_file(state, str(forged), metadata={CARD_KEY: json.dumps(card)})
+    text = json.dumps(card)  # a careful forger recomputes both checksums
+    save_file(state, str(forged), metadata={CARD_KEY: text, CHECKSUM_KEY: hashlib.sha256(text.encode()).hexdigest()})
     with pytest.raises(SSAEError, match="do not fit the architecture"):
         load_model(forged)
 
@@ -113,3 +117,48 @@ def test_weights_of_another_architecture_are_refused(saved, tmp_path):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(SSAEError, match="not found"):
         load_model(tmp_path / "nope.safetensors")
+
+
+def _rewrite_card(path: Path, edit, keep_checksum: bool = True) -> None:
+    """Change the card inside a model file (weights untouched), keeping its stored checksum."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    card = json.loads(metadata[CARD_KEY])
+    edit(card)
+    metadata[CARD_KEY] = json.dumps(card)
+    if not keep_checksum:
+        del metadata[CHECKSUM_KEY]
+    save_file(state, str(path), metadata=metadata)
+
+
+def test_an_edited_card_is_refused_by_its_checksum_and_by_info(saved, capsys):
+    from ssae.cli import main
+
+    path, _ = saved
+    _rewrite_card(path, lambda card: card["thresholds"].update(aggregated=0.001))
+    with pytest.raises(SSAEError, match="model card does not match its checksum"):
+        load_model(path)
+    assert main(["info", str(path)]) == 2
+    assert "checksum" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0, "0.5"])
+def test_a_threshold_that_is_not_a_finite_non_negative_number_is_refused(saved, value):
+    path, _ = saved
+
+    def to_format_1(card):  # format 1 files carry no card checksum: their values are all the protection
+        card["format_version"] = 1
+        card["threshold"] = {"value": value, "method": "edited"}
+        card["level_thresholds"] = {}
+
+    _rewrite_card(path, to_format_1, keep_checksum=False)
+    with pytest.raises(SSAEError, match="threshold|malformed|corrupt"):
+        read_model_card(path)
+
+
+def test_a_folder_given_as_the_model_is_named_as_such(tmp_path):
+    with pytest.raises(SSAEError, match="is a folder"):
+        load_model(tmp_path)

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from ssae.checkpoint import ModelCard, Threshold, save_model
+from ssae.checkpoint import Calibration, ModelCard, save_model
 from ssae.cli import main
 from ssae.models import Architecture, build_model
 from ssae.postprocessing import PostprocessingSettings
@@ -21,17 +21,19 @@ from ssae.preprocessing import PreprocessingSettings
 def untrained_model(tmp_path_factory) -> Path:
     """A valid model file with random weights: enough wherever the input is refused first."""
     arch = Architecture("dense", size=64, levels=2, base_filters=8, max_filters=16, latent_dim=8)
-    card = ModelCard(arch, PreprocessingSettings(size=64), PostprocessingSettings(median_size=3), [0], Threshold(0.1, "test"))
+    card = ModelCard(arch, PreprocessingSettings(size=64), PostprocessingSettings(median_size=3), [0], {"prior": 0.1}, Calibration("test"), "prior")
     torch.manual_seed(0)
     return save_model(build_model(arch), card, tmp_path_factory.mktemp("untrained") / "model.safetensors")
 
 
 def _fails(capsys, argv, message):
     code = main([str(a) for a in argv])
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("ssae: error:") and message in err, err
-    assert "\n" not in err and "Traceback" not in err
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, lines
+    *warnings, err = lines
+    assert err.startswith("ssae: error:") and message in err, lines
+    assert all(w.startswith("ssae: warning:") for w in warnings), lines  # one error line, after any warnings
+    assert "Traceback" not in err
     return err
 
 
@@ -54,7 +56,11 @@ def test_detect_writes_maps_mask_and_summary_on_the_input_grid(tiny_model, small
             "flair_level0.nrrd",
             "flair_level1.nrrd",
             "flair_level2.nrrd",
+            "flair_prior.nrrd",
+            "flair_fused.nrrd",
+            "flair_flair.nrrd",
             "flair_lesion_mask.nrrd",
+            "flair_lesions.csv",
             "flair_summary.json",
             "flair_figure.png",
         ]
@@ -68,6 +74,10 @@ def test_detect_writes_maps_mask_and_summary_on_the_input_grid(tiny_model, small
     summary = json.loads((out / "flair_summary.json").read_text(encoding="utf-8"))
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "flair_lesion_mask.nrrd")))
     assert summary["total_volume_ml"] == pytest.approx(mask.sum() * np.prod(reference.GetSpacing()) / 1000, rel=1e-6)
+    assert summary["files"]["score"] == str(out / "flair_prior.nrrd") and summary["score_map"] == "prior"
+    assert summary["adaptation"]["settings"]["epochs"] >= 1  # the model card asks for adaptation: done on a copy
+    score = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "flair_prior.nrrd")))
+    assert (score[mask.astype(bool)] > summary["threshold"]).all()
     assert "lesion(s)" in capsys.readouterr().out
     # A second run refuses to overwrite, and leaves the files as they were.
     before = (out / "flair_summary.json").read_bytes()
@@ -83,10 +93,20 @@ def test_info_and_evaluate(tiny_model, small_cases, tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["evaluate", str(tiny_model), str(small_cases), "-o", str(out), "--device", "cpu"]) == 0
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-    assert set(metrics["pooled"]) == {"aggregated", "level 0", "level 1", "level 2", "intensity baseline"}
+    assert set(metrics["pooled"]) == {
+        "aggregated",
+        "level0",
+        "level1",
+        "level2",
+        "prior",
+        "fused",
+        "flair",
+        "raw FLAIR baseline",
+        "strong FLAIR baseline",
+    }
     for values in metrics["pooled"].values():
         assert 0 < values["auprc"] <= 1 and 0 < values["best_dice"] <= 1
-    assert "dice_at_threshold" in metrics["pooled"]["aggregated"]
+    assert "dice_at_threshold" in metrics["pooled"]["prior"] and "dice_at_threshold" not in metrics["pooled"]["raw FLAIR baseline"]
     assert (out / "cases.csv").read_text(encoding="utf-8").count("\n") == 3 and (out / "pr_curve.png").stat().st_size > 1000
 
 
@@ -153,8 +173,8 @@ def test_demo_runs_on_the_shipped_model_and_data(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "-o", str(out), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    assert "FLAIR intensity baseline" in printed and "demo_figure.png" in printed
-    metrics = json.loads((out / "demo_metrics.json").read_text(encoding="utf-8"))
+    assert "raw FLAIR baseline" in printed and "strong FLAIR baseline" in printed and "demo_figure.png" in printed
+    metrics = json.loads((out / "demo_metrics.json").read_text(encoding="utf-8"))["metrics"]
     for entry in metrics.values():
         assert 0 < entry["auprc"] <= 1 and 0 < entry["best_dice"] <= 1
     truth = sitk.ReadImage(str(Path(__file__).resolve().parent.parent / "Resources/SampleData/MSLUB/patient19/consensus_gt.nii.gz"))

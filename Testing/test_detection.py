@@ -35,7 +35,7 @@ def test_inserted_hyperintense_lesion_scores_far_above_healthy_tissue(detector, 
     truth = sitk.GetArrayFromImage(read_mask(small_cases / subject / "consensus_gt.nii.gz", image, "label")).astype(bool)
     spoiled, lesion = _with_inserted_lesion(image)
     result = detector.detect(spoiled)
-    score = sitk.GetArrayFromImage(result.aggregated)
+    score = sitk.GetArrayFromImage(result.maps["aggregated"])
     brain = sitk.GetArrayFromImage(result.prepared.brain_mask).astype(bool)
     healthy = brain & ~lesion & ~truth
     inside = float(score[lesion].mean())
@@ -43,7 +43,7 @@ def test_inserted_hyperintense_lesion_scores_far_above_healthy_tissue(detector, 
     assert inside > 5 * outside, (inside, outside)
     assert inside > np.percentile(score[healthy], 99)
     # Without the insertion the same place is unremarkable.
-    clean = sitk.GetArrayFromImage(detector.detect(image).aggregated)
+    clean = sitk.GetArrayFromImage(detector.detect(image).maps["aggregated"])
     assert float(clean[lesion].mean()) < 0.5 * inside
 
 
@@ -53,24 +53,27 @@ def test_every_output_has_the_input_geometry_for_an_oblique_anisotropic_volume(d
     image.SetSpacing((1.7, 2.3, 3.1))
     image.SetOrigin((12.5, -40.0, 33.0))
     result = detector.detect(image)
-    outputs = [result.aggregated, result.mask, *result.scales.values()]
-    assert len(result.scales) == 3
+    outputs = [result.mask, *result.maps.values()]
+    assert result.levels == [0, 1, 2]
+    assert set(result.maps) == {"aggregated", "level0", "level1", "level2", "prior", "fused", "flair"}
     for output in outputs:
         assert output.GetSize() == image.GetSize()
         assert output.GetSpacing() == image.GetSpacing()
         assert output.GetOrigin() == image.GetOrigin()
         assert output.GetDirection() == image.GetDirection()
     brain = sitk.GetArrayFromImage(result.prepared.brain_mask).astype(bool)
-    assert (sitk.GetArrayFromImage(result.aggregated)[~brain] < 1e-3).all()  # scores stay in the brain
+    for name, score in result.maps.items():
+        assert (sitk.GetArrayFromImage(score)[~brain] == 0).all(), name  # scores stay in the brain
     mask = sitk.GetArrayFromImage(result.mask).astype(bool)
-    assert (sitk.GetArrayFromImage(result.aggregated)[mask] > result.threshold).all()
+    assert (sitk.GetArrayFromImage(result.score)[mask] > result.threshold).all()
 
 
 def test_threshold_drives_the_mask_and_cancel_stops(detector, small_cases):
     image = read_volume(small_cases / "patient19" / "flair.nii.gz")
-    low = detector.detect(image, threshold=detector.card.threshold.value * 0.5, scales=False)
-    high = detector.detect(image, threshold=detector.card.threshold.value * 2.0, scales=False)
+    calibrated = detector.card.threshold_for("aggregated")
+    low = detector.detect(image, threshold=calibrated * 0.5, scales=False, score_map="aggregated")
+    high = detector.detect(image, threshold=calibrated * 2.0, scales=False, score_map="aggregated")
     assert low.statistics.total_ml > high.statistics.total_ml
-    assert not low.scales
+    assert not low.levels
     with pytest.raises(DetectionCancelled):
         detector.detect(image, should_cancel=lambda: True)

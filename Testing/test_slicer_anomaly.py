@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
+
 import nrrd
 import numpy as np
 import pytest
@@ -41,6 +45,7 @@ def oblique_scene(small_cases, tiny_model):
     logic = AnomalyLogic(scene)
     params = logic.parameters
     params.input_volume, params.model_path, params.device = volume, str(tiny_model), "cpu"
+    params.adapt = "off"  # scanner adaptation has tests of its own; here it would only cost time
     return scene, app_logic, logic, volume
 
 
@@ -57,7 +62,7 @@ def test_detection_creates_maps_with_the_input_geometry_and_named_segments(obliq
     scene, _, logic, volume = oblique_scene
     rows = logic.detect()
     params = logic.parameters
-    assert params.result_maps() == ["aggregated", "level0", "level1", "level2"]
+    assert params.result_maps() == ["aggregated", "level0", "level1", "level2", "prior", "fused", "flair"]
     for name in params.result_maps():
         node = params.result_volume(name)
         assert np.allclose(_ijk_to_ras(node), _ijk_to_ras(volume))
@@ -66,11 +71,20 @@ def test_detection_creates_maps_with_the_input_geometry_and_named_segments(obliq
         assert node.GetName().startswith("FLAIR anomaly")
     segmentation = params.segmentation.GetSegmentation()
     names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
-    assert names == ["Anomaly aggregated", "Anomaly level 0 (64 px)", "Anomaly level 1 (32 px)", "Anomaly level 2 (16 px)"]
-    lesion = segmentation.GetSegment("SSAE_aggregated")
+    assert names == [
+        "Anomaly aggregated",
+        "Anomaly level 0 (64 px)",
+        "Anomaly level 1 (32 px)",
+        "Anomaly level 2 (16 px)",
+        "Anomaly with hyper-intensity prior",
+        "Anomaly fused with FLAIR",
+        "Anomaly FLAIR reference",
+    ]
+    lesion = segmentation.GetSegment("SSAE_prior")
     terminology = vtk.reference("")
     assert lesion.GetTag(lesion.GetTerminologyEntryTagName(), terminology)
-    assert "SCT^52988006^Lesion" in str(terminology)
+    assert "SCT^52988006^Lesion" in str(terminology) and "SCT^12738006^Brain" in str(terminology)
+    assert params.score_map == "prior"  # the model card's map draws the mask
     table = params.statistics_table.GetTable()
     assert table.GetNumberOfRows() == rows.statistics.count
     if rows.statistics.count:
@@ -81,6 +95,7 @@ def test_threshold_changes_update_segment_and_table_without_rerunning(oblique_sc
     _, _, logic, _ = oblique_scene
     logic.detect()
     params = logic.parameters
+    params.score_map = "aggregated"
     calibrated = params.threshold_of("aggregated")
     low = logic.apply_threshold(calibrated * 0.5)
     high = logic.apply_threshold(calibrated * 2.0)
@@ -102,6 +117,7 @@ def test_exports_keep_the_input_geometry_and_refuse_to_overwrite(oblique_scene, 
     _, _, logic, volume = oblique_scene
     logic.detect()
     logic.parameters.min_lesion_mm3 = 0.0
+    logic.parameters.score_map = "aggregated"
     rows = logic.apply_threshold(logic.parameters.threshold_of("aggregated") * 0.5)
     labelmap = logic.export_labelmap(tmp_path / "mask.nii.gz")
     segmentation = logic.export_segmentation(tmp_path / "anomalies.seg.nrrd")
@@ -113,7 +129,7 @@ def test_exports_keep_the_input_geometry_and_refuse_to_overwrite(oblique_scene, 
     voxel_ml = np.prod(reference.GetSpacing()) / 1000
     assert sitk.GetArrayFromImage(mask).astype(bool).sum() * voxel_ml == pytest.approx(rows.statistics.total_ml, rel=1e-6)
     info = slicerio.read_segmentation(str(segmentation))
-    assert [s["name"] for s in info["segments"]] == [
+    assert [s["name"] for s in info["segments"]][:4] == [
         "Anomaly aggregated",
         "Anomaly level 0 (64 px)",
         "Anomaly level 1 (32 px)",
@@ -209,7 +225,9 @@ def test_what_the_user_sees_in_the_axial_view(tiny_model, tmp_path):
     logic = AnomalyLogic(scene)
     params = logic.parameters
     params.input_volume, params.model_path, params.device = volume, str(tiny_model), "cpu"
+    params.adapt = "off"
     logic.detect()
+    params.score_map = "aggregated"
     rows = logic.apply_threshold(params.threshold_of("aggregated") * 0.5)
     assert rows.statistics.count > 0
     score_node = params.result_volume("aggregated")
@@ -226,3 +244,138 @@ def test_what_the_user_sees_in_the_axial_view(tiny_model, tmp_path):
     assert corner.max() < 10  # outside the head: black
     grey = picture[picture.shape[0] // 2, :, :].astype(int)
     assert (np.abs(grey[:, 0] - grey[:, 1]) < 3).mean() > 0.5  # most of the slice is grey anatomy
+
+
+def test_a_background_run_keeps_its_own_inputs_when_the_panel_changes(oblique_scene, tiny_model, tmp_path):
+    """Patient A's maps never end up named after patient B, nor thresholded with model B's threshold."""
+    scene, _, logic, volume = oblique_scene
+    params = logic.parameters
+    job = logic.start_detection()
+    other = _add_volume(scene, image_from_volume_node(volume), "OTHER PATIENT")
+    from safetensors import safe_open
+
+    with safe_open(str(tiny_model), framework="pt") as handle:  # a second, valid model with other thresholds
+        metadata, state = handle.metadata(), {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    card = json.loads(metadata["ssae_model_card"])
+    card["thresholds"] = {name: value * 10 for name, value in card["thresholds"].items()}
+    text = json.dumps(card)
+    metadata.update(ssae_model_card=text, ssae_card_sha256=hashlib.sha256(text.encode()).hexdigest())
+    from safetensors.torch import save_file
+
+    save_file(state, str(tmp_path / "other.safetensors"), metadata=metadata)
+    with params.batch():
+        params.input_volume, params.model_path = other, str(tmp_path / "other.safetensors")
+    assert wait_for(job.command, timeout_s=300) == 0, "\n".join(job.command.new_lines())
+    lesions = logic.load_detection(job)
+    for name in params.result_maps():
+        node = params.result_volume(name)
+        assert node.GetName().startswith("FLAIR anomaly") and node.GetAttribute("SSAE.input") == volume.GetID()
+    assert params.segmentation.GetName().startswith("FLAIR") and params.statistics_table.GetName().startswith("FLAIR")
+    original = json.loads(open(tiny_model, "rb").read(8 + int.from_bytes(open(tiny_model, "rb").read(8), "little"))[8:])
+    thresholds = json.loads(original["__metadata__"]["ssae_model_card"])["thresholds"]
+    assert params.threshold_of("prior") == pytest.approx(thresholds["prior"])  # model A's, not model B's
+    assert lesions.statistics.count >= 0
+
+
+def test_a_results_load_refreshes_the_panel_at_most_twice(oblique_scene):
+    _, _, logic, _ = oblique_scene
+    job = logic.start_detection()
+    assert wait_for(job.command, timeout_s=300) == 0
+    refreshes = []
+    node = logic.parameters.node
+    tag = node.AddObserver(vtk.vtkCommand.ModifiedEvent, lambda caller, event: refreshes.append(event))
+    try:
+        logic.load_detection(job)
+    finally:
+        node.RemoveObserver(tag)
+    assert 1 <= len(refreshes) <= 2, len(refreshes)
+    params = logic.parameters
+    for name in params.result_maps():  # whatever order the observer replays: every map has its threshold
+        assert params.threshold_of(name) >= 0
+
+
+def test_results_sit_under_the_input_in_the_subject_hierarchy_and_replace_removes_the_transform(small_cases, tiny_model, tmp_path):
+    import slicer
+
+    scene, _ = headless_scene()
+    volume = _add_volume(scene, sitk.ReadImage(str(small_cases / "patient07" / "flair.nii.gz")), "patient07")
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    study = hierarchy.CreateStudyItem(hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "Patient 7"), "Study 1")
+    hierarchy.CreateItem(study, volume)
+    logic = AnomalyLogic(scene)
+    params = logic.parameters
+    params.input_volume, params.model_path, params.device, params.adapt = volume, str(tiny_model), "cpu", "off"
+    logic.detect()
+    folder = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(params.result_volume("prior")))
+    assert hierarchy.GetItemParent(folder) == study and "SSAE results" in hierarchy.GetItemName(folder)
+    assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(params.segmentation)) == folder
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "atlas to scan")
+    params.atlas_transform = transform
+    logic.detect(replace_previous=True)
+    assert scene.GetNodeByID(transform.GetID()) is None  # "replace" takes the transform too
+
+
+def test_batch_over_loaded_volumes_gives_each_its_results_and_a_cohort_table(small_cases, tiny_model, tmp_path):
+    scene, _ = headless_scene()
+    volumes = [_add_volume(scene, sitk.ReadImage(str(small_cases / p / "flair.nii.gz")), p) for p in ("patient07", "patient19")]
+    logic = AnomalyLogic(scene)
+    params = logic.parameters
+    params.model_path, params.device, params.adapt = str(tiny_model), "cpu", "off"
+    job = logic.start_batch_detection(volumes=volumes)
+    assert wait_for(job.command, timeout_s=300) == 0, "\n".join(job.command.new_lines())
+    events = job.command.new_events()
+    fractions = [e["fraction"] for e in events if e["event"] == "progress"]
+    assert fractions == sorted(fractions) and fractions[-1] > 0.9  # one overall progress
+    rows = logic.load_batch(job)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    table = params.cohort_table.GetTable()
+    assert table.GetNumberOfRows() == 2 and table.GetValueByName(1, "volume").ToString() == "patient19"
+    for volume in volumes:
+        named = [scene.GetNthNode(i).GetName() for i in range(scene.GetNumberOfNodes())]
+        assert any(n.startswith(f"{volume.GetName()} anomaly with hyper-intensity prior") for n in named)
+    assert not job.workdir.exists()
+
+
+def test_batch_over_a_folder_writes_the_cohort_csv_and_keeps_going_past_a_bad_scan(small_cases, tiny_model, tmp_path):
+    import shutil as sh
+
+    folder = tmp_path / "scans"
+    sh.copytree(small_cases, folder)
+    (folder / "broken").mkdir()
+    (folder / "broken" / "flair.nii.gz").write_bytes(b"not a scan")
+    scene, _ = headless_scene()
+    logic = AnomalyLogic(scene)
+    params = logic.parameters
+    params.model_path, params.device, params.adapt = str(tiny_model), "cpu", "off"
+    job = logic.start_batch_detection(folder=folder, output_folder=tmp_path / "results")
+    assert wait_for(job.command, timeout_s=300) == 1  # some scans failed: said by the exit code, not hidden
+    rows = logic.load_batch(job)
+    by_case = {r["case"]: r for r in rows}
+    assert by_case["broken"]["status"] == "error" and "cannot read" in by_case["broken"]["error"]
+    assert by_case["patient19"]["status"] == "ok" and float(by_case["patient19"]["total_volume_ml"]) >= 0
+    assert (tmp_path / "results" / "cohort.csv").exists() and (tmp_path / "results" / "patient19").is_dir()
+
+
+def test_the_lesion_table_exports_to_csv_like_the_command_line(oblique_scene, tmp_path):
+    _, _, logic, _ = oblique_scene
+    lesions = logic.detect()
+    path = logic.export_lesion_table(tmp_path / "lesions.csv")
+    assert path.read_text(encoding="utf-8") == lesions.to_csv()
+    with pytest.raises(SSAEError, match="already exists"):
+        logic.export_lesion_table(path)
+
+
+def test_cancel_returns_at_once_and_the_process_stops_through_its_stop_file(oblique_scene):
+    _, _, logic, _ = oblique_scene
+    logic.parameters.adapt = "on"  # long enough to be cancelled mid-way
+    job = logic.start_detection()
+    deadline = time.monotonic() + 60
+    while not job.command.new_events() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    started = time.perf_counter()
+    job.command.request_cancel()
+    assert time.perf_counter() - started < 0.1  # the GUI thread never waits
+    code = wait_for(job.command, timeout_s=60)
+    assert code == 130 and not job.command.killed  # it stopped itself, no kill needed
+    assert not list((job.workdir / "out").glob("input_*")) if (job.workdir / "out").exists() else True
+    job.cleanup()

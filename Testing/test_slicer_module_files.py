@@ -13,6 +13,7 @@ MODULES = ("SSAEAnomaly", "SSAETraining")
 # The class a widget must have, by the suffix of its name (the convention both modules follow).
 CLASS_BY_SUFFIX = {
     "Selector": "qMRMLNodeComboBox",
+    "CheckableSelector": "qMRMLCheckableNodeComboBox",
     "CollapsibleButton": "ctkCollapsibleButton",
     "Button": "QPushButton",
     "ComboBox": "QComboBox",

@@ -30,7 +30,6 @@ def test_three_models_two_cases_give_a_well_formed_report(small_cases, tmp_path)
         ("AE dense 64", "aggregated"),
         ("AE dense", "aggregated"),  # the plain AEs' residuals summed across sizes
         ("FLAIR intensity", "-"),
-        ("FLAIR intensity + prior", "-"),
     } <= models
     for row in rows:
         assert row["cases"] == "2" and row["dataset"] == "mslub"

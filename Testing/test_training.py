@@ -99,8 +99,14 @@ def test_interrupted_training_resumes_with_coarser_levels_frozen(tiny_config, sm
 
 def test_model_card_records_training_and_a_label_free_threshold(tiny_model):
     card = read_model_card(tiny_model)
-    assert card["threshold"]["value"] > 0
-    assert "no lesion labels used" in card["threshold"]["method"]
+    assert set(card["thresholds"]) == {"aggregated", "level0", "level1", "level2", "prior", "fused", "flair"}
+    assert all(value >= 0 for value in card["thresholds"].values()) and card["thresholds"]["aggregated"] > 0
+    assert "no lesion labels used" in card["calibration"]["method"]
+    adapted = card["adaptation"]["thresholds"]
+    assert set(adapted) == set(card["thresholds"]) and card["adaptation"]["enabled"]
+    assert adapted["flair"] == pytest.approx(card["thresholds"]["flair"])  # the FLAIR reference does not depend on the model
+    assert any(adapted[m] != card["thresholds"][m] for m in ("aggregated", "level0", "level1", "level2"))  # calibrated anew
+    assert card["score_map"] == "prior" and card["selection"]["report"] == "report/quality.md"
     training = card["training"]
     assert training["seed"] == 0 and set(training["epochs_per_level"]) == {"level0", "level1", "level2"}
     assert training["data"]["lesion_voxels_excluded_from_loss"] > 0
@@ -133,6 +139,10 @@ def test_torchrun_ddp_on_two_processes(small_cases, tmp_path):
         "--latent-dim",
         "16",
         "--epochs",
+        "1",
+        "--no-atlas",
+        "--no-bias-correction",
+        "--adapt-epochs",
         "1",
         "--val-fraction",
         "0.5",

@@ -3,8 +3,9 @@
 Trains every variant (AE / SSAE x dense / spatial / VAE; plain models at several sizes) on the
 NiChart subjects with the same seed and budget, evaluates each per scale and aggregated on
 MSLUB (manual masks), BraTS (manual tumour labels) and the held-out NiChart subjects' automatic
-WMH masks (reported separately), beside the FLAIR intensity threshold with and without the
-hyper-intensity prior. Resumable: finished models and preprocessing are reused.
+WMH masks (reported separately), beside the FLAIR intensity threshold. Resumable: finished
+models and preprocessing are reused. (The quality study of the default map, with scanner
+adaptation, the hyper-intensity prior and fusion, is bench/quality.py.)
 
     python bench/reproduce.py --profile cpu  [--data ../shared/data] [--output report/cpu]
     python bench/reproduce.py --profile full [--output report/full]      # on a GPU
@@ -32,10 +33,9 @@ def main() -> None:
     post = parser.add_argument_group("post-processing at evaluation (the authors' switches)")
     post.add_argument("--median-size", type=int, default=5)
     post.add_argument("--brain-erosion", type=int, default=2)
-    post.add_argument("--hyperintensity-prior", action="store_true")
     post.add_argument("--min-lesion-mm3", type=float, default=10.0)
     args = parser.parse_args()
-    settings = PostprocessingSettings(args.median_size, args.brain_erosion, args.hyperintensity_prior, min_lesion_mm3=args.min_lesion_mm3)
+    settings = PostprocessingSettings(median_size=args.median_size, brain_erosion=args.brain_erosion, min_lesion_mm3=args.min_lesion_mm3)
     output = args.output or REPO / "report" / args.profile
     tests = {
         "mslub": (args.data / "mslub", "manual"),

@@ -20,9 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ssae.devices import describe_device, resolve_device
+from ssae.losses import level_loss
 from ssae.models import Architecture, build_model, count_parameters
 from ssae.preprocessing import PreprocessingSettings, prepare_volume
-from ssae.training import level_loss
 from ssae.volume_io import read_volume
 
 SAMPLE = Path(__file__).resolve().parent.parent / "Resources" / "SampleData" / "MSLUB" / "patient19" / "flair.nii.gz"

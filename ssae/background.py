@@ -3,9 +3,14 @@
 A GUI (the Slicer modules) must not run minutes of training or detection on its own event
 loop. It starts the command line in a separate process, polls this object from a timer, and
 shows what comes back: log lines (read by a thread, so the child never blocks on a full pipe)
-and JSON-lines progress events (:mod:`ssae.progress`). :meth:`BackgroundCommand.cancel` ends
-the whole process tree: first a polite SIGTERM (``ssae train`` then saves its resume state at
-the next step), then a kill if it does not stop in time.
+and JSON-lines progress events (:mod:`ssae.progress`).
+
+Cancelling works the same on every platform and never blocks the caller: the parent creates a
+*stop file* (its path is in the child's ``SSAE_STOP_FILE``); the child notices it within a
+fraction of a second and stops as after Ctrl-C (``ssae train`` saves its resume state, ``ssae
+detect`` removes what it was writing). If the child has not ended ``grace_s`` seconds later,
+the next :meth:`BackgroundCommand.poll` ends the whole process tree. No console signals are
+involved, so a child without a console window (Windows) is cancelled like any other.
 """
 
 from __future__ import annotations
@@ -16,10 +21,13 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+STOP_FILE_VARIABLE = "SSAE_STOP_FILE"
 
 
 def engine_environment() -> dict[str, str]:
@@ -33,6 +41,12 @@ def engine_environment() -> dict[str, str]:
     return env
 
 
+def _process_options() -> dict[str, Any]:
+    if os.name == "nt":  # no console window; its own group, so nothing reaches the parent
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}  # type: ignore[attr-defined]
+    return {"start_new_session": True}  # its own process group: the kill reaches its children too
+
+
 class BackgroundCommand:
     """``python -m ssae.cli ARGS`` in its own process group.
 
@@ -41,31 +55,37 @@ class BackgroundCommand:
     """
 
     def __init__(
-        self, args: list[str], python: str | None = None, env: dict[str, str] | None = None, progress_log: Path | None = None
+        self,
+        args: list[str],
+        python: str | None = None,
+        env: dict[str, str] | None = None,
+        progress_log: Path | None = None,
+        grace_s: float = 20.0,
     ) -> None:
         self.command = [python or sys.executable, "-m", "ssae.cli", *args]
-        self.env = env or engine_environment()
+        self.env = dict(env or engine_environment())
+        self.stop_file = Path(tempfile.gettempdir()) / f"ssae-stop-{os.getpid()}-{id(self)}-{time.time_ns()}"
+        self.env[STOP_FILE_VARIABLE] = str(self.stop_file)
         self.progress = ProgressFollower(progress_log) if progress_log else None
+        self.grace_s = grace_s
         self.process: subprocess.Popen[str] | None = None
+        self.cancel_requested_at: float | None = None
+        self.killed = False
         self._lines: queue.Queue[str] = queue.Queue()
         self._reader: threading.Thread | None = None
 
     def start(self) -> None:
-        options: dict[str, Any] = {}
-        if os.name == "nt":
-            options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-        else:
-            options["start_new_session"] = True  # its own process group: cancel reaches children too
         self.process = subprocess.Popen(
             self.command,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             text=True,
             encoding="utf-8",
             errors="replace",
             bufsize=1,
             env=self.env,
-            **options,
+            **_process_options(),
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -88,42 +108,82 @@ class BackgroundCommand:
         return self.progress.new_events() if self.progress else []
 
     def poll(self) -> int | None:
-        """Exit code once the process has ended (and its output has been read), else None."""
+        """The exit code once the process has ended and its output has been read, else None.
+
+        Never waits. After a cancel request whose grace period has run out, ends the process
+        tree.
+        """
         if self.process is None:
             return None
         code = self.process.poll()
-        if code is not None and self._reader is not None:
-            self._reader.join(timeout=5)
+        if code is None:
+            if self.cancel_requested_at is not None and not self.killed and time.monotonic() - self.cancel_requested_at > self.grace_s:
+                self.kill()
+            return None
+        if self._reader is not None and self._reader.is_alive():
+            return None  # the last lines are still on their way
+        self.stop_file.unlink(missing_ok=True)
         return code
 
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def wait(self, timeout: float | None = None) -> int:
-        assert self.process is not None
-        code = self.process.wait(timeout)
-        if self._reader is not None:
-            self._reader.join(timeout=5)
-        return code
+    def request_cancel(self) -> None:
+        """Ask the process to stop (see the module doc); returns at once."""
+        if self.running and self.cancel_requested_at is None:
+            self.stop_file.write_text("stop", encoding="utf-8")
+            self.cancel_requested_at = time.monotonic()
 
-    def cancel(self, grace_s: float = 20.0) -> int | None:
-        """End the process tree: SIGTERM (CTRL_BREAK on Windows), then kill after ``grace_s``."""
+    def kill(self) -> None:
+        """End the process tree now."""
         if not self.running:
-            return self.poll()
+            return
         assert self.process is not None
+        self.killed = True
         if os.name == "nt":
-            self.process.send_signal(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
+            subprocess.Popen(  # noqa: S603 (a fixed system tool)
+                ["taskkill", "/F", "/T", "/PID", str(self.process.pid)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                **_process_options(),
+            )
         else:
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            return self.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            if os.name == "nt":
-                subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True)
-            else:
+            try:
                 os.killpg(self.process.pid, signal.SIGKILL)
-            return self.wait(10)
+            except ProcessLookupError:
+                pass
+
+    def stop_in_background(self) -> None:
+        """Request a stop and let a daemon thread end the process tree if it outlives its grace
+        period (for a GUI that is closing and will not poll any more)."""
+        self.request_cancel()
+
+        def finish() -> None:
+            try:
+                self.wait(self.grace_s + 1.0)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+        threading.Thread(target=finish, name="ssae-stop", daemon=True).start()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until the process has ended (scripts and tests; GUIs poll)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            code = self.poll()
+            if code is not None:
+                return code
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.command, timeout or 0)
+            time.sleep(0.05)
+
+    def cancel(self, grace_s: float | None = None) -> int | None:
+        """Request a stop and wait for the end (killing after ``grace_s``); for scripts and tests."""
+        if grace_s is not None:
+            self.grace_s = grace_s
+        self.request_cancel()
+        return self.wait(self.grace_s + 15.0) if self.process is not None else None
 
 
 class ProgressFollower:
@@ -150,6 +210,23 @@ class ProgressFollower:
         return events
 
 
+def watch_stop_file(interval_s: float = 0.2) -> None:
+    """In the child: when the parent creates the stop file, interrupt the main thread as Ctrl-C
+    would (a SIGINT handler runs: training saves its resume state, detection unwinds)."""
+    import _thread
+
+    path = os.environ.get(STOP_FILE_VARIABLE)
+    if not path:
+        return
+
+    def watch() -> None:
+        while not os.path.exists(path):
+            time.sleep(interval_s)
+        _thread.interrupt_main(signal.SIGINT)
+
+    threading.Thread(target=watch, name="ssae-stop-file", daemon=True).start()
+
+
 def wait_for(command: BackgroundCommand, timeout_s: float, poll_s: float = 0.2) -> int:
     """Block until the command ends (for scripts and tests; GUIs poll from a timer instead)."""
     deadline = time.monotonic() + timeout_s
@@ -158,5 +235,5 @@ def wait_for(command: BackgroundCommand, timeout_s: float, poll_s: float = 0.2) 
         if code is not None:
             return code
         time.sleep(poll_s)
-    command.cancel()
+    command.cancel(grace_s=5.0)
     raise TimeoutError(f"{' '.join(command.command)} did not finish within {timeout_s} s")

@@ -1,31 +1,40 @@
-"""Reference scores that need no training.
+"""Reference scores that need no training: what every map must beat.
 
 Meissen et al. showed that thresholding the FLAIR intensity inside the brain beats most
-autoencoders on MSLUB. The score here is the input normalised exactly like the model's input
-(98th percentile of brain voxels; not clipped, so the brightest lesions keep their order),
-restricted to the brain mask, on the input grid.
+autoencoders on MSLUB. Two versions are reported beside every model:
+
+* **raw FLAIR** (:func:`intensity_score`): the input volume itself, normalised like the model
+  input (98th percentile of brain voxels, not clipped), inside the brain mask, on the input
+  grid: what a user gets by thresholding the scan;
+* **strong FLAIR** (:func:`strong_intensity_score`): the scan as the model sees it (bias
+  corrected, registered and resampled onto the model grid, which also smooths it), inside the
+  *eroded* brain (the bright rim of cortex and skull-stripping errors goes), ranked within the
+  scan (so every scan contributes its own brightest voxels, whatever its contrast), and mapped
+  back to the input grid. A model that does not beat this has learnt nothing the intensity
+  does not already say.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
+from scipy.stats import rankdata
 
+from .postprocessing import eroded_brain
 from .preprocessing import PreparedVolume
 
 
-def intensity_score(
-    image: sitk.Image, prepared: PreparedVolume, hyperintensity_prior: bool = False, prior_percentile: float = 90.0
-) -> np.ndarray:
-    """Normalised FLAIR intensity inside the brain, as a [z, y, x] array on the input grid.
-
-    With ``hyperintensity_prior``, voxels below the brain's ``prior_percentile``-th intensity
-    are set to 0 (the prior alone changes nothing in the ranking of the remaining voxels, but
-    it does define which voxels can be called lesion at any threshold).
-    """
+def intensity_score(image: sitk.Image, prepared: PreparedVolume) -> np.ndarray:
+    """Normalised FLAIR intensity inside the brain, as a [z, y, x] array on the input grid."""
     values = prepared.normalise(sitk.GetArrayFromImage(image).astype(np.float32))
     brain = sitk.GetArrayViewFromImage(prepared.brain_mask).astype(bool)
-    score = np.where(brain, values, 0.0).astype(np.float32)
-    if hyperintensity_prior:
-        score[score < np.percentile(values[brain], prior_percentile)] = 0.0
-    return np.maximum(score, 0.0)
+    return np.maximum(np.where(brain, values, 0.0), 0.0).astype(np.float32)
+
+
+def strong_intensity_score(prepared: PreparedVolume, brain_erosion: int) -> np.ndarray:
+    """Within-scan rank (0..1] of the model-grid FLAIR inside the eroded brain, on the slice grid."""
+    inside = eroded_brain(prepared.brain, brain_erosion)
+    score = np.zeros(prepared.intensities.shape, np.float32)
+    if inside.any():
+        score[inside] = rankdata(prepared.intensities[inside]) / inside.sum()
+    return score

@@ -1,10 +1,14 @@
 """What a trained model is measured on before it leaves training: healthy validation volumes.
 
-* The default lesion threshold is chosen **without any lesion labels**: the
-  ``percentile``-th percentile of post-processed aggregated scores over the brain voxels of
-  held-out healthy subjects (lesion-labelled voxels, e.g. automatic WMH masks, left out). At
-  99.9, about one healthy voxel in a thousand exceeds it on data like the validation set.
-  Each level's map gets its own threshold by the same rule.
+* Every score map's threshold is chosen **without any lesion labels**: the ``percentile``-th
+  percentile of the map's post-processed scores over the brain voxels of held-out healthy
+  subjects (lesion-labelled voxels, e.g. automatic WMH masks, left out). At 99.9, about one
+  healthy voxel in a thousand exceeds it on data like the validation set. (A sparse map, such
+  as the aggregated score under the hyper-intensity prior, may be 0 on more healthy voxels than
+  the percentile leaves; then its threshold is the median of its positive healthy scores, or
+  the aggregated map's threshold where there are none.)
+  Thresholds are calibrated twice: for the model as trained, and for the model adapted to each
+  subject.
 * Reconstruction fidelity (paper, Fig. 3): mean absolute error ``|I_k - Î_k|`` per pixel at
   every pyramid level, over brain pixels of the same healthy slices.
 """
@@ -15,45 +19,67 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import Threshold
+from .adaptation import AdaptationSettings
+from .checkpoint import Calibration
 from .datasets import SliceStack
 from .detection import Detector
-from .postprocessing import anomaly_score, eroded_brain
+from .postprocessing import eroded_brain, score_maps
 from .pyramid import decompose
 
 
 def calibrate_thresholds(
-    detector: Detector, stack: SliceStack, subjects: list[str], percentile: float
-) -> tuple[Threshold, dict[str, float]]:
-    """Label-free thresholds from healthy validation subjects (one 3D volume at a time).
+    detector: Detector,
+    stack: SliceStack,
+    subjects: list[str],
+    percentile: float,
+    adaptation: AdaptationSettings | None = None,
+    log=lambda message: None,
+) -> tuple[Calibration, dict[str, float]]:
+    """Label-free thresholds of every score map from healthy validation subjects.
 
-    Returns the aggregated map's threshold (the default lesion threshold) and one threshold per
-    level (``level0`` ...), chosen by the same rule, for when a single scale drives the mask.
+    Each subject is one 3D volume, processed exactly as a scan at detection time: with
+    ``adaptation``, a copy of the model is first adapted to that subject (adaptation lowers
+    the residuals, so thresholds calibrated without it would be too high for adapted runs).
+    Returns how the thresholds were chosen and one threshold per map.
     """
     post = detector.card.postprocessing
     healthy: dict[str, list[np.ndarray]] = {}
-    for name in subjects:
+    for index, name in enumerate(subjects):
         start, stop = stack.volume_ranges[name]
         slices = np.asarray(stack.slices[start:stop])
         brain = np.asarray(stack.brain[start:stop]).astype(bool)
-        residuals = detector.slice_residuals(slices, scales=True)
-        inside = eroded_brain(brain, post.brain_erosion)
-        counted = inside & np.asarray(stack.loss_mask[start:stop]).astype(bool)
-        maps = {"aggregated": residuals.aggregated, **{f"level{k}": r for k, r in residuals.per_level.items()}}
-        for key, residual in maps.items():
-            healthy.setdefault(key, []).append(anomaly_score(residual, slices, inside, post, brain)[counted])
+        model = detector
+        if adaptation is not None:
+            log(f"adapting to validation subject {name} ({index + 1}/{len(subjects)})")
+            model, _ = detector.adapted_to(slices, brain, adaptation)
+        residuals = model.slice_residuals(slices, scales=True)
+        counted = eroded_brain(brain, post.brain_erosion) & np.asarray(stack.loss_mask[start:stop]).astype(bool)
+        for key, score in score_maps(residuals.named(), slices, brain, post).items():
+            healthy.setdefault(key, []).append(score[counted])
     values = {key: np.concatenate(parts) for key, parts in healthy.items()}
-    aggregated = values.pop("aggregated")
-    threshold = Threshold(
-        value=float(np.percentile(aggregated, percentile)),
+    voxels = int(values["aggregated"].size)
+    calibration = Calibration(
         method=(
-            f"{percentile:g}th percentile of post-processed aggregated scores over {aggregated.size} brain voxels "
+            f"{percentile:g}th percentile of each post-processed score map over {voxels} brain voxels "
             f"of {len(subjects)} healthy validation subjects (lesion-labelled voxels excluded); no lesion labels used"
         ),
         percentile=percentile,
-        voxels=int(aggregated.size),
+        voxels=voxels,
     )
-    return threshold, {key: float(np.percentile(v, percentile)) for key, v in values.items()}
+    aggregated = _label_free_threshold(values["aggregated"], percentile, fallback=0.0)
+    return calibration, {key: _label_free_threshold(v, percentile, fallback=aggregated) for key, v in values.items()}
+
+
+def _label_free_threshold(healthy: np.ndarray, percentile: float, fallback: float) -> float:
+    """The ``percentile``-th healthy score. A sparse map (the prior zeroes most voxels) can be 0
+    there, and a threshold of 0 would mark every voxel with any score at all: then the median of
+    its positive healthy scores, or, where healthy subjects have none, ``fallback`` (the
+    aggregated map's threshold: the prior map never exceeds the aggregated map)."""
+    value = float(np.percentile(healthy, percentile))
+    if value > 0.0:
+        return value
+    positive = healthy[healthy > 0]
+    return float(np.median(positive)) if positive.size else fallback
 
 
 def reconstruction_fidelity(detector: Detector, stack: SliceStack, subjects: list[str]) -> dict[str, float]:

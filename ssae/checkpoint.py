@@ -2,13 +2,15 @@
 
 The file is a plain safetensors file whose metadata holds the model card as JSON under
 ``ssae_model_card``. Loading never executes code from the file. The card stores a SHA-256 of
-the weights, so a file whose bytes were changed after training is refused rather than run.
+the weights, and a SHA-256 of the card itself sits beside it (``ssae_card_sha256``), so a file
+whose weights *or* card were changed after training is refused rather than run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 from dataclasses import dataclass, field
@@ -21,49 +23,86 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from . import __version__
+from .adaptation import AdaptationSettings
+from .card_file import CARD_KEY, CHECKSUM_KEY, FORMAT, FORMAT_VERSION, card_checksum, read_card
 from .errors import SSAEError
+from .maps import is_map_name
 from .models import Architecture, ScaleSpaceAutoencoder, build_model, count_parameters
 from .postprocessing import PostprocessingSettings
 from .preprocessing import PreprocessingSettings
-from .volume_io import atomic_path
-
-CARD_KEY = "ssae_model_card"
-FORMAT = "ssae-model"
-FORMAT_VERSION = 1
+from .volume_io import atomic_path, os_errors
 
 
 @dataclass
-class Threshold:
-    """The default lesion threshold and how it was chosen (never from test labels)."""
+class Calibration:
+    """How the label-free thresholds were chosen (never from test labels)."""
 
-    value: float
     method: str
     percentile: float | None = None
     voxels: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "method": self.method, "percentile": self.percentile, "voxels": self.voxels}
+        return {"method": self.method, "percentile": self.percentile, "voxels": self.voxels}
+
+
+@dataclass
+class AdaptationDefaults:
+    """Scanner adaptation as the model recommends it: the settings, whether detection adapts by
+    default, and the thresholds calibrated on adapted healthy validation subjects (adaptation
+    lowers every residual, so the thresholds of the unadapted model would be too high)."""
+
+    settings: AdaptationSettings
+    enabled: bool
+    thresholds: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"settings": self.settings.to_dict(), "enabled": self.enabled, "thresholds": self.thresholds}
 
 
 @dataclass
 class ModelCard:
-    """What a model is, what it was trained on and how its outputs are post-processed."""
+    """What a model is, what it was trained on and how its outputs are post-processed.
+
+    ``thresholds`` holds one label-free threshold per score map (``aggregated``, ``levelK``,
+    ``prior``, ``fused``, ``flair``); ``score_map`` is the map whose threshold draws the lesion
+    mask by default; ``selection`` says how these defaults were chosen, with the evidence.
+    """
 
     architecture: Architecture
     preprocessing: PreprocessingSettings
     postprocessing: PostprocessingSettings
     aggregated_levels: list[int]
-    threshold: Threshold
-    level_thresholds: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, float]
+    calibration: Calibration
+    score_map: str = "aggregated"
+    adaptation: AdaptationDefaults | None = None
+    selection: dict[str, Any] = field(default_factory=dict)
     modality: str = "FLAIR"
     training: dict[str, Any] = field(default_factory=dict)
     fidelity: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     description: str = ""
 
-    def threshold_for(self, map_name: str) -> float | None:
-        """Calibrated threshold of ``aggregated`` or ``levelK`` (None if that map has none)."""
-        return self.threshold.value if map_name == "aggregated" else self.level_thresholds.get(map_name)
+    def __post_init__(self) -> None:
+        for name, value in self.thresholds.items():
+            if not is_map_name(name):
+                raise SSAEError(f"the model card has a threshold for an unknown map {name!r}")
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise SSAEError(f"the model card's threshold for {name} is {value!r}; a finite number >= 0 is needed")
+        if self.adaptation is not None:
+            for name, value in self.adaptation.thresholds.items():
+                if not (is_map_name(name) and isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                    raise SSAEError(f"the model card's adapted threshold for {name} is {value!r}; a finite number >= 0 is needed")
+        if self.score_map not in self.thresholds:
+            raise SSAEError(f"the model card's score map {self.score_map!r} has no threshold")
+        if not self.aggregated_levels or any(not 0 <= k < self.architecture.levels for k in self.aggregated_levels):
+            raise SSAEError(f"the model card's aggregated levels {self.aggregated_levels} do not fit {self.architecture.levels} level(s)")
+
+    def threshold_for(self, map_name: str, adapted: bool = False) -> float | None:
+        """Label-free threshold of a map, for the unadapted or the adapted model (None if none)."""
+        if adapted:
+            return self.adaptation.thresholds.get(map_name) if self.adaptation is not None else None
+        return self.thresholds.get(map_name)
 
     def to_dict(self) -> dict[str, Any]:
         arch = self.architecture
@@ -80,8 +119,11 @@ class ModelCard:
             "postprocessing": self.postprocessing.to_dict(),
             "aggregated_levels": list(self.aggregated_levels),
             "aggregation": "a_k = u(a_{k+1}) + r_k from the coarsest aggregated level down to level 0 (Eq. 6)",
-            "threshold": self.threshold.to_dict(),
-            "level_thresholds": self.level_thresholds,
+            "score_map": self.score_map,
+            "thresholds": self.thresholds,
+            "calibration": self.calibration.to_dict(),
+            "adaptation": self.adaptation.to_dict() if self.adaptation is not None else None,
+            "selection": self.selection,
             "training": self.training,
             "fidelity": self.fidelity,
             "versions": self.versions or current_versions(),
@@ -90,27 +132,44 @@ class ModelCard:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
         try:
-            threshold = data["threshold"]
+            if data.get("format_version") == 1:  # one threshold for the aggregated map, one per level
+                thresholds = {"aggregated": data["threshold"]["value"], **data.get("level_thresholds", {})}
+                calibration = {k: v for k, v in data["threshold"].items() if k != "value"}
+            else:
+                thresholds, calibration = data["thresholds"], data["calibration"]
+            adaptation = data.get("adaptation")
             return cls(
                 architecture=Architecture.from_dict(data["architecture"]),
                 preprocessing=PreprocessingSettings.from_dict(data["preprocessing"]),
                 postprocessing=PostprocessingSettings.from_dict(data["postprocessing"]),
                 aggregated_levels=[int(k) for k in data["aggregated_levels"]],
-                threshold=Threshold(
-                    value=float(threshold["value"]),
-                    method=str(threshold["method"]),
-                    percentile=threshold.get("percentile"),
-                    voxels=threshold.get("voxels"),
+                thresholds={str(k): _number(v) for k, v in thresholds.items()},
+                calibration=Calibration(
+                    method=str(calibration["method"]), percentile=calibration.get("percentile"), voxels=calibration.get("voxels")
                 ),
-                level_thresholds={str(k): float(v) for k, v in data.get("level_thresholds", {}).items()},
+                score_map=str(data.get("score_map", "aggregated")),
+                adaptation=AdaptationDefaults(
+                    settings=AdaptationSettings.from_dict(adaptation["settings"]),
+                    enabled=bool(adaptation["enabled"]),
+                    thresholds={str(k): _number(v) for k, v in adaptation["thresholds"].items()},
+                )
+                if adaptation
+                else None,
+                selection=data.get("selection") or {},
                 modality=data.get("modality", "FLAIR"),
                 training=data.get("training", {}),
                 fidelity=data.get("fidelity", {}),
                 versions=data.get("versions", {}),
                 description=data.get("description", ""),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SSAEError(f"the model card is incomplete or malformed ({exc!s})") from None
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{value!r} is not a number")
+    return float(value)
 
 
 def describe_layers(arch: Architecture) -> list[str]:
@@ -165,9 +224,13 @@ def save_model(model: ScaleSpaceAutoencoder, card: ModelCard, path: str | os.Pat
     state = {name: tensor.detach().cpu().clone(memory_format=torch.contiguous_format) for name, tensor in model.state_dict().items()}
     card_dict = card.to_dict()
     card_dict["weights_sha256"] = weights_digest(state)
-    with atomic_path(path, overwrite) as tmp:
-        save_file(state, str(tmp), metadata={CARD_KEY: json.dumps(card_dict)})
+    card_text = json.dumps(card_dict, allow_nan=False)
+    with atomic_path(path, overwrite) as tmp, os_errors(f"cannot write {path}"):
+        save_file(state, str(tmp), metadata={CARD_KEY: card_text, CHECKSUM_KEY: card_checksum(card_text)})
     return path
+
+
+
 
 
 @dataclass
@@ -179,25 +242,13 @@ class LoadedModel:
 
 
 def read_model_card(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The model card of a model file as a dict, without loading the weights."""
-    path = Path(path)
-    if not path.is_file():
-        raise SSAEError(f"model file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise SSAEError(f"{path.name} is not an SSAE model file (unreadable, truncated or another format: {exc})") from None
-    if CARD_KEY not in metadata:
-        raise SSAEError(f"{path.name} is a safetensors file but not an SSAE model (it has no SSAE model card)")
-    try:
-        card = json.loads(metadata[CARD_KEY])
-    except json.JSONDecodeError:
-        raise SSAEError(f"{path.name} has a corrupt model card") from None
-    if card.get("format") != FORMAT:
-        raise SSAEError(f"{path.name} is not an SSAE model (format {card.get('format')!r})")
-    if card.get("format_version") != FORMAT_VERSION:
-        raise SSAEError(f"{path.name} has model format version {card.get('format_version')}; this ssae reads version {FORMAT_VERSION}")
+    """The verified model card of a model file as a dict, without loading the weights.
+
+    The card's checksum (format 2) is checked (:func:`ssae.card_file.read_card`) and every
+    value the engine relies on is validated, so an edited card is refused like edited weights.
+    """
+    card = read_card(path)
+    ModelCard.from_dict(card)  # every value checked, or an SSAEError that says which
     return card
 
 

@@ -1,28 +1,56 @@
-"""The ``ssae`` command line: train, detect, evaluate, info, demo.
+"""The ``ssae`` command line: train, adapt, detect, evaluate, preprocess, info, demo.
 
-Errors in the user's input end with one line on stderr and exit code 2; an interrupted
-training run exits with 130 after saving its resume state.
+Errors in the user's input end with one line on stderr and exit code 2, before any long work
+where they can be known up front (flags, inputs, the output folder and its free space); an
+interrupted training run exits with 130 after saving its resume state, an interrupted
+detection with 130 and nothing under a final name.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-from . import __version__
+from . import __version__, defaults
+from .arguments import clip_value, fraction, nonnegative_float, nonnegative_int, odd_size, percentile, positive_float, positive_int
+from .background import watch_stop_file
 from .errors import SSAEError, TrainingInterrupted
 
 EPILOG = "Every command accepts --help. Docs: README.md in the repository."
+MAP_CHOICES = ("prior", "fused", "aggregated", "flair")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the command line's error contract: one line on stderr, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("ssae").strip()
+        self.exit(2, f"ssae: error: {command + ': ' if command else ''}{message} (see --help)\n")
 
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N (default: auto)")
 
 
+def _add_adaptation(parser: argparse.ArgumentParser, title: str) -> None:
+    group = parser.add_argument_group(title)
+    default = defaults.DEFAULT_ADAPTATION
+    group.add_argument("--adapt-epochs", type=positive_int, help=f"epochs per level (default: the model card's, {default.epochs})")
+    group.add_argument("--adapt-lr", type=positive_float, help=f"Adam learning rate (default: the model card's, {default.learning_rate:g})")
+    group.add_argument(
+        "--adapt-exclude-percentile",
+        type=percentile,
+        help=f"brain voxels brighter than this percentile of each scan are left out of the loss (default: the model card's, {default.exclude_percentile:g})",
+    )
+    group.add_argument("--adapt-seed", type=nonnegative_int, help="random seed of the adaptation (default: the model card's, 0)")
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ssae",
         description="Scale-space autoencoders for unsupervised anomaly segmentation in brain FLAIR MRI.",
         epilog=EPILOG,
@@ -33,7 +61,10 @@ def _build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train",
         help="train a model on a folder of healthy scans",
-        description="Train a scale-space (or plain) autoencoder on healthy FLAIR scans, level by level, and write one model file with its model card.",
+        description=(
+            "Train a scale-space (or plain) autoencoder on healthy FLAIR scans, level by level, calibrate its label-free "
+            "thresholds and write one model file with its model card. The defaults are the shipped model's recipe."
+        ),
     )
     train.add_argument("data", type=Path, help="folder of healthy scans (one subfolder per subject, or flat) or a CSV manifest")
     train.add_argument("-o", "--output", type=Path, required=True, help="model file to write (.safetensors)")
@@ -43,47 +74,55 @@ def _build_parser() -> argparse.ArgumentParser:
         help="folder of brain masks named after the subjects (else masks beside the scans, else a foreground mask)",
     )
     model = train.add_argument_group("model")
+    model.add_argument("--variant", choices=("dense", "spatial", "vae"), default="dense", help="bottleneck: dense AE, spatial AE or dense VAE")
+    model.add_argument("--size", type=positive_int, default=defaults.TRAIN_SIZE, help=f"input size in pixels, a power of two (default: {defaults.TRAIN_SIZE})")
     model.add_argument(
-        "--variant",
-        choices=("dense", "spatial", "vae"),
-        default="dense",
-        help="bottleneck: dense AE, spatial AE or dense VAE (default: dense)",
+        "--levels", type=positive_int, default=defaults.TRAIN_LEVELS, help=f"pyramid levels; 1 trains a plain autoencoder (default: {defaults.TRAIN_LEVELS})"
     )
-    model.add_argument("--size", type=int, default=256, help="input size in pixels, a power of two (default: 256)")
-    model.add_argument("--levels", type=int, default=4, help="pyramid levels; 1 trains a plain single-resolution autoencoder (default: 4)")
-    model.add_argument(
-        "--base-filters", type=int, help="filters of the first convolution (default: 16 for scale-space, 32 for plain models)"
-    )
-    model.add_argument("--max-filters", type=int, help="filter cap (default: 96 for scale-space, 128 for plain models)")
-    model.add_argument("--latent-dim", type=int, default=128, help="dense bottleneck size (default: 128)")
+    model.add_argument("--base-filters", type=positive_int, help="filters of the first convolution (default: 16 for scale-space, 32 for plain models)")
+    model.add_argument("--max-filters", type=positive_int, help="filter cap (default: 96 for scale-space, 128 for plain models)")
+    model.add_argument("--latent-dim", type=positive_int, default=128, help="dense bottleneck size (default: 128)")
     prep = train.add_argument_group("preprocessing (stored in the model card; detection repeats it)")
     prep.add_argument(
         "--atlas",
-        action="store_true",
-        help="register every scan to the MNI152 template and work on the atlas's slice grid (for raw scans with skull and any orientation)",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.TRAIN_ATLAS,
+        help="register every scan to the MNI152 template and work on the atlas's slice grid (default: on)",
     )
-    prep.add_argument("--bias-correction", action="store_true", help="N4 bias-field correction before everything else")
+    prep.add_argument(
+        "--bias-correction", action=argparse.BooleanOptionalAction, default=defaults.TRAIN_BIAS_CORRECTION, help="N4 bias-field correction first (default: on)"
+    )
+    prep.add_argument(
+        "--clip-max",
+        type=clip_value,
+        default=defaults.TRAIN_CLIP_MAX,
+        help="upper clip of the normalised intensities, or 'none' to keep lesions brighter than the 98th percentile unsaturated (default: none)",
+    )
     fit = train.add_argument_group("optimisation")
-    fit.add_argument("--epochs", type=int, default=100, help="maximum epochs per level (default: 100)")
-    fit.add_argument("--patience", type=int, default=5, help="early stopping: epochs without validation improvement (default: 5)")
-    fit.add_argument("--batch-size", type=int, default=8, help="slices per batch (default: 8)")
-    fit.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
-    fit.add_argument("--val-fraction", type=float, default=0.2, help="share of subjects held out for validation (default: 0.2)")
-    fit.add_argument("--seed", type=int, default=0, help="random seed, recorded in the model card (default: 0)")
+    fit.add_argument("--epochs", type=positive_int, default=defaults.TRAIN_EPOCHS, help=f"maximum epochs per level (default: {defaults.TRAIN_EPOCHS})")
     fit.add_argument(
-        "--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on with CUDA, off on CPU)"
+        "--patience", type=positive_int, default=defaults.TRAIN_PATIENCE, help=f"early stopping: epochs without improvement (default: {defaults.TRAIN_PATIENCE})"
     )
+    fit.add_argument("--batch-size", type=positive_int, default=8, help="slices per batch (default: 8)")
+    fit.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    fit.add_argument("--val-fraction", type=fraction, default=0.2, help="share of subjects held out for validation (default: 0.2)")
+    fit.add_argument("--seed", type=nonnegative_int, default=0, help="random seed, recorded in the model card (default: 0)")
+    fit.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on with CUDA, off on CPU)")
     post = train.add_argument_group("detection settings stored in the model card")
     post.add_argument(
-        "--threshold-percentile",
-        type=float,
-        default=99.9,
-        help="label-free threshold: this percentile of healthy validation scores (default: 99.9)",
+        "--threshold-percentile", type=percentile, default=99.9, help="label-free threshold: this percentile of healthy validation scores (default: 99.9)"
     )
-    post.add_argument("--median-size", type=int, default=5, help="3D median filter size in voxels, 1 disables (default: 5)")
-    post.add_argument("--brain-erosion", type=int, default=2, help="in-plane erosion of the brain mask in pixels (default: 2)")
-    post.add_argument("--min-lesion-mm3", type=float, default=10.0, help="drop mask components smaller than this (default: 10)")
-    post.add_argument("--hyperintensity-prior", action="store_true", help="zero scores below the 90th brain intensity percentile")
+    post.add_argument("--score-map", choices=MAP_CHOICES, default=defaults.DEFAULT_SCORE_MAP, help="the map that draws the lesion mask (default: prior)")
+    post.add_argument("--median-size", type=odd_size, default=5, help="3D median filter size in full-resolution voxels, 1 disables (default: 5)")
+    post.add_argument("--brain-erosion", type=nonnegative_int, default=2, help="in-plane erosion of the brain mask in pixels (default: 2)")
+    post.add_argument("--min-lesion-mm3", type=nonnegative_float, default=10.0, help="drop mask components smaller than this (default: 10)")
+    post.add_argument(
+        "--prior-factor", type=positive_float, default=1.3, help="hyper-intensity prior: brighter than this times the scan's median brain intensity (default: 1.3)"
+    )
+    post.add_argument("--prior-percentile", type=percentile, help="use the authors' prior instead: brighter than this percentile of the scan's brain")
+    post.add_argument("--fusion-exponent", type=nonnegative_float, default=6.0, help="fused map: aggregated x FLAIR^exponent (default: 6)")
+    post.add_argument("--no-adapt-by-default", action="store_true", help="the model card does not ask detection to adapt to each scan")
+    _add_adaptation(train, "scanner adaptation recorded in the model card (and used to calibrate its adapted thresholds)")
     run = train.add_argument_group("run")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run of the same output")
     run.add_argument("--overwrite", action="store_true", help="replace an existing model file")
@@ -92,22 +131,50 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar on the terminal")
     _add_device(train)
 
+    adapt = commands.add_parser(
+        "adapt",
+        help="adapt a model to a site's own scans",
+        description=(
+            "Fine-tune a copy of a model on a folder of a site's unlabelled scans (brain voxels above each scan's "
+            "exclusion percentile left out of the loss) and write it as a new model file; the input model is never changed."
+        ),
+    )
+    adapt.add_argument("model", type=Path, help="model file to start from (.safetensors)")
+    adapt.add_argument("data", type=Path, help="folder of the site's scans or a CSV manifest")
+    adapt.add_argument("-o", "--output", type=Path, required=True, help="adapted model file to write (.safetensors)")
+    adapt.add_argument("--brain-masks", type=Path, help="folder of brain masks named after the scans")
+    adapt.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    adapt.add_argument("--cache-dir", type=Path, help="preprocessed-slice cache (default: $SSAE_CACHE_DIR or ~/.cache/ssae)")
+    adapt.add_argument("--progress-log", type=Path, help="append JSON-lines progress events (fraction, message; done) to this file")
+    _add_adaptation(adapt, "adaptation")
+    _add_device(adapt)
+
     detect = commands.add_parser(
         "detect",
-        help="anomaly maps and lesion mask for one volume",
-        description="Run a model on one FLAIR volume; write residual maps per level, the aggregated score, the lesion mask (all on the input's grid) and a JSON summary.",
+        help="anomaly maps and lesion mask for one volume or a cohort",
+        description=(
+            "Run a model on a FLAIR volume, or on every scan of a folder or CSV manifest (one result folder per scan "
+            "and a cohort.csv); write the score maps, the lesion mask (all on the input's grid) and a JSON summary."
+        ),
     )
     detect.add_argument("model", type=Path, help="model file (.safetensors)")
-    detect.add_argument("image", type=Path, help="FLAIR volume (NIfTI, NRRD, MHA, ... or a DICOM series folder)")
+    detect.add_argument("image", type=Path, help="FLAIR volume (NIfTI, NRRD, MHA, ... or a DICOM series folder), or a folder / CSV of scans")
+    detect.add_argument("-o", "--output-dir", type=Path, default=Path("ssae-output"), help="folder for the results (default: ./ssae-output)")
+    detect.add_argument("--brain-mask", type=Path, help="brain mask on the image's grid (one image only; default: the atlas's or a foreground mask)")
+    detect.add_argument("--brain-masks", type=Path, help="folder of brain masks named after the scans (cohorts)")
+    detect.add_argument("--score-map", choices=MAP_CHOICES, help="the map that draws the mask (default: the model card's)")
+    detect.add_argument("--threshold", type=positive_float, help="lesion threshold of that map (default: its label-free calibrated threshold)")
     detect.add_argument(
-        "-o", "--output-dir", type=Path, default=Path("ssae-output"), help="folder for the results (default: ./ssae-output)"
+        "--adapt",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="adapt a copy of the model to each scan before detecting (default: as the model card recommends)",
     )
-    detect.add_argument("--brain-mask", type=Path, help="brain mask on the image's grid (default: robust foreground mask)")
-    detect.add_argument("--threshold", type=float, help="lesion threshold (default: the model's calibrated threshold)")
+    _add_adaptation(detect, "scanner adaptation (with --adapt)")
     detect.add_argument("--format", default="nii.gz", choices=("nii.gz", "nrrd", "nii", "mha"), help="output format (default: nii.gz)")
-    detect.add_argument("--no-scales", action="store_true", help="write only the aggregated map and the mask")
+    detect.add_argument("--no-scales", action="store_true", help="no per-level maps (aggregated, prior, fused, flair and the mask only)")
     detect.add_argument("--figure", action="store_true", help="also write a PNG panel of the most anomalous slices")
-    detect.add_argument("--batch-size", type=int, help="slices per forward pass (default: chosen for the device)")
+    detect.add_argument("--batch-size", type=positive_int, help="slices per forward pass (default: chosen for the device)")
     detect.add_argument("--progress-log", type=Path, help="append JSON-lines progress events (fraction, message) to this file")
     detect.add_argument("--overwrite", action="store_true", help="replace existing result files")
     _add_device(detect)
@@ -115,43 +182,48 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate",
         help="metrics on a labelled test set",
-        description="Detect on every labelled scan of a data set and write AUPRC, [DICE], Dice at the calibrated threshold (per case and pooled), the intensity baseline, and a PR curve.",
+        description=(
+            "Detect on every labelled scan of a data set and write AUPRC, [DICE], Dice at the label-free threshold (per case "
+            "and pooled) for every score map and both intensity baselines, and a PR curve."
+        ),
     )
     evaluate.add_argument("model", type=Path, help="model file (.safetensors)")
+    evaluate.add_argument("data", type=Path, help="folder of labelled scans (MSLUB, BraTS layouts) or a CSV manifest (image, label, brain_mask)")
     evaluate.add_argument(
-        "data", type=Path, help="folder of labelled scans (MSLUB, BraTS layouts) or a CSV manifest (image, label, brain_mask)"
-    )
-    evaluate.add_argument(
-        "-o", "--output-dir", type=Path, default=Path("ssae-evaluation"), help="folder for metrics.json, cases.csv, pr_curve.png"
+        "-o", "--output-dir", type=Path, default=Path("ssae-evaluation"), help="folder for metrics.json, cases.csv, pr_curve.png (default: ./ssae-evaluation)"
     )
     evaluate.add_argument("--brain-masks", type=Path, help="folder of brain masks named after the cases")
-    evaluate.add_argument("--threshold", type=float, help="threshold for Dice at threshold (default: the model's calibrated threshold)")
-    evaluate.add_argument("--no-scales", action="store_true", help="evaluate only the aggregated map")
+    evaluate.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=None, help="adapt to each scan (default: as the model card recommends)")
+    evaluate.add_argument("--no-scales", action="store_true", help="no per-level maps")
     evaluate.add_argument("--overwrite", action="store_true", help="replace existing result files")
     _add_device(evaluate)
 
     prep = commands.add_parser(
         "preprocess",
         help="bias-correct and register raw scans to the atlas",
-        description="N4 bias correction, registration to the MNI152 template and a brain mask for one scan or a folder of scans; writes the scan in atlas space, its brain mask on its own grid, the transform and a quality report.",
+        description=(
+            "N4 bias correction, registration to the MNI152 template and a brain mask for one scan or a folder of scans; "
+            "writes the scan in atlas space, its brain mask on its own grid, the transform and a quality report."
+        ),
     )
     prep.add_argument("input", type=Path, help="a FLAIR volume, a folder of scans or a CSV manifest")
     prep.add_argument("-o", "--output-dir", type=Path, required=True, help="folder for the results")
-    prep.add_argument(
-        "--brain-mask", type=Path, help="brain mask on the image's grid (single image only; else masks beside the scans are used)"
-    )
+    prep.add_argument("--brain-mask", type=Path, help="brain mask on the image's grid (single image only; else masks beside the scans are used)")
     prep.add_argument("--brain-masks", type=Path, help="folder of brain masks named after the cases")
     prep.add_argument("--no-bias-correction", action="store_true", help="skip N4 bias-field correction")
     prep.add_argument("--overwrite", action="store_true", help="replace existing result files")
 
-    info = commands.add_parser("info", help="print a model's card", description="Print the model card of a model file.")
+    info = commands.add_parser("info", help="print a model's card", description="Verify a model file's card and print it.")
     info.add_argument("model", type=Path, help="model file (.safetensors)")
     info.add_argument("--json", action="store_true", help="print the whole card as JSON")
 
     demo = commands.add_parser(
         "demo",
         help="run the built-in example end to end",
-        description="Detect lesions in the MSLUB patient shipped with the repository with the shipped model, write maps, mask and figure, and score them against the consensus mask beside the intensity baseline.",
+        description=(
+            "Detect lesions in the MSLUB patient shipped with the repository with the shipped model, write maps, mask and "
+            "figure, and score them against the consensus mask beside the intensity baselines."
+        ),
     )
     demo.add_argument("-o", "--output-dir", type=Path, default=Path("demo-output"), help="folder for the results (default: ./demo-output)")
     demo.add_argument("--overwrite", action="store_true", help="replace results of an earlier demo run")
@@ -159,13 +231,27 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _adaptation_settings(args: argparse.Namespace, base):
+    """The model card's (or the default) adaptation settings with the command line's changes."""
+    from dataclasses import replace
+
+    changes = {
+        "epochs": args.adapt_epochs,
+        "learning_rate": args.adapt_lr,
+        "exclude_percentile": args.adapt_exclude_percentile,
+        "seed": args.adapt_seed,
+    }
+    return replace(base, **{k: v for k, v in changes.items() if v is not None})
+
+
 def _train(args: argparse.Namespace) -> None:
-    from .datasets import find_cases
+    from .datasets import find_cases, warn_if_labelled
     from .models import Architecture
     from .postprocessing import PostprocessingSettings
     from .preprocessing import PreprocessingSettings
     from .progress import ProgressLog, stderr_terminal
     from .training import TrainingConfig, train
+    from .volume_io import check_output_folder
 
     scale_space = args.levels > 1
     arch = Architecture(
@@ -178,11 +264,14 @@ def _train(args: argparse.Namespace) -> None:
     )
     config = TrainingConfig(
         architecture=arch,
-        preprocessing=PreprocessingSettings(size=args.size, atlas=args.atlas, bias_correction=args.bias_correction),
+        preprocessing=PreprocessingSettings(size=args.size, atlas=args.atlas, bias_correction=args.bias_correction, clip_max=args.clip_max),
         postprocessing=PostprocessingSettings(
             median_size=args.median_size,
+            median_per_level="scaled",
             brain_erosion=args.brain_erosion,
-            hyperintensity_prior=args.hyperintensity_prior,
+            prior_factor=None if args.prior_percentile is not None else args.prior_factor,
+            prior_percentile=args.prior_percentile,
+            fusion_exponent=args.fusion_exponent,
             min_lesion_mm3=args.min_lesion_mm3,
         ),
         max_epochs=args.epochs,
@@ -193,8 +282,13 @@ def _train(args: argparse.Namespace) -> None:
         seed=args.seed,
         threshold_percentile=args.threshold_percentile,
         amp=args.amp,
+        score_map=args.score_map,
+        adaptation=_adaptation_settings(args, defaults.DEFAULT_ADAPTATION),
+        adapt_by_default=not args.no_adapt_by_default,
     )
     cases = find_cases(args.data, args.brain_masks)
+    warn_if_labelled(cases, _warn)
+    check_output_folder(args.output.parent, 50_000_000)
     progress = ProgressLog(args.progress_log, None if args.quiet else stderr_terminal())
     try:
         output = train(
@@ -206,93 +300,129 @@ def _train(args: argparse.Namespace) -> None:
             overwrite=args.overwrite,
             cache_dir=args.cache_dir,
             progress=progress,
-            data_summary={"source": str(args.data)},
+            data_summary={"dataset": _dataset_name(args.data)},
         )
     finally:
         progress.close()
     print(f"model written to {output}")
 
 
-def _detect(args: argparse.Namespace) -> None:
+def _dataset_name(source: Path) -> str:
+    """How model cards name a data set: the folder's or manifest's name, never a path."""
+    return source.stem if source.is_file() else source.resolve().name
+
+
+def _adapt(args: argparse.Namespace) -> None:
+    from .adaptation import AdaptationSettings
+    from .checkpoint import load_model
+    from .datasets import find_cases
+    from .devices import resolve_device
+    from .progress import ProgressLog, stderr_terminal
+    from .site_adaptation import adapt_to_site
+    from .volume_io import check_output_folder, refuse_existing
+
+    device = resolve_device(args.device)
+    loaded = load_model(args.model, device)
+    if args.output.resolve() == args.model.resolve():
+        raise SSAEError("the adapted model must go to a new file; the model given is never changed")
+    refuse_existing([args.output], args.overwrite)
+    check_output_folder(args.output.parent, args.model.stat().st_size * 2)
+    cases = find_cases(args.data, args.brain_masks)
+    base = loaded.card.adaptation.settings if loaded.card.adaptation is not None else AdaptationSettings()
+    settings = _adaptation_settings(args, base)
+    progress = ProgressLog(args.progress_log, stderr_terminal())
+    try:
+        report = adapt_to_site(loaded, cases, _dataset_name(args.data), settings, args.output, device, args.cache_dir, args.overwrite, progress)
+        progress.event("done", model=str(args.output), duration_s=round(report.seconds, 1))
+    finally:
+        progress.close()
+    print(
+        f"adapted to {len(cases)} scan(s) in {report.seconds:.1f} s; masked loss per level "
+        + ", ".join(f"{k}: {report.loss_before[k]:.5f} -> {report.loss_after[k]:.5f}" for k in report.loss_after)
+    )
+    print(f"model written to {args.output}")
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from .batch import detect_cohort, detect_one, is_cohort
     from .detection import Detector
-    from .detection_files import detection_summary, output_paths, write_detection
-    from .figures import detection_figure
-    from .progress import ProgressLog
-    from .volume_io import read_mask, read_volume, refuse_existing, volume_stem
 
     detector = Detector.from_file(args.model, args.device, args.batch_size)
-    stem = volume_stem(args.image)
-    levels = [] if args.no_scales else list(range(detector.card.architecture.levels))
-    planned = list(output_paths(args.output_dir, stem, args.format, levels, atlas=detector.card.preprocessing.atlas).values())
-    if args.figure:
-        planned.append(args.output_dir / f"{stem}_figure.png")
-    refuse_existing(planned, args.overwrite)  # before spending time on detection
-    image = read_volume(args.image)
-    mask = read_mask(args.brain_mask, image, "brain mask") if args.brain_mask else None
-    progress = ProgressLog(args.progress_log) if args.progress_log else None
-    report = (lambda fraction, message: progress.event("progress", fraction=round(fraction, 4), message=message)) if progress else None
-    result = detector.detect(image, mask, threshold=args.threshold, scales=not args.no_scales, progress=report)
-    _report_alignment(result.prepared.alignment, detector.card.modality)
-    method = detector.card.threshold.method if args.threshold is None else "given on the command line"
-    summary = detection_summary(result, str(args.image), detector.card.architecture.name, method)
-    paths = write_detection(result, args.output_dir, stem, args.format, summary, args.overwrite)
-    if args.figure:
-        paths["figure"] = detection_figure(
-            result,
-            args.output_dir / f"{stem}_figure.png",
-            f"{detector.card.architecture.name}: {args.image.name}",
-            overwrite=args.overwrite,
-        )
-    if progress:
-        progress.event("done", files={name: str(path) for name, path in paths.items()})
-        progress.close()
-    stats = result.statistics
-    print(f"{stats.count} lesion(s), {stats.total_ml:.2f} ml at threshold {result.threshold:.4g}")
-    for name, path in paths.items():
+    if args.adapt is False and any(v is not None for v in (args.adapt_epochs, args.adapt_lr, args.adapt_exclude_percentile, args.adapt_seed)):
+        raise SSAEError("the --adapt-* settings need adaptation; drop --no-adapt")
+    card_default = detector.default_adaptation()
+    wanted = args.adapt if args.adapt is not None else card_default is not None
+    base = card_default or (detector.card.adaptation.settings if detector.card.adaptation else defaults.DEFAULT_ADAPTATION)
+    adaptation = _adaptation_settings(args, base) if wanted else None
+    options = {
+        "scales": not args.no_scales,
+        "score_map": args.score_map,
+        "threshold": args.threshold,
+        "adaptation": adaptation,
+        "fmt": args.format,
+        "figure": args.figure,
+        "overwrite": args.overwrite,
+    }
+    if is_cohort(args.image):
+        if args.brain_mask:
+            raise SSAEError("--brain-mask is for a single image; use --brain-masks for a folder or CSV of scans")
+        summary = detect_cohort(detector, args.image, args.output_dir, args.brain_masks, progress_log=args.progress_log, log=print, **options)
+        print(f"{summary.succeeded} of {summary.total} scan(s) done; cohort table: {summary.table}")
+        if summary.failed:
+            print(f"ssae: {summary.failed} scan(s) failed; their errors are in {summary.table}", file=sys.stderr)
+            return 1
+        return 0
+    if args.brain_masks:
+        raise SSAEError("--brain-masks is for a folder or CSV of scans; use --brain-mask for one image")
+    outcome = detect_one(detector, args.image, args.output_dir, args.brain_mask, progress_log=args.progress_log, **options)
+    for warning in outcome.warnings:
+        _warn(warning)
+    stats = outcome.result.statistics
+    adapted = f", adapted in {outcome.result.adaptation.seconds:.1f} s" if outcome.result.adaptation else ""
+    print(f"{stats.count} lesion(s), {stats.total_ml:.2f} ml: {outcome.result.score_map} map above {outcome.result.threshold:.4g}{adapted}")
+    for name, path in outcome.paths.items():
         print(f"{name:>12s}: {path}")
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     from .datasets import find_cases
     from .detection import Detector
-    from .evaluation import evaluate, write_report
-    from .volume_io import refuse_existing
+    from .evaluation import evaluate, report_paths, write_report
+    from .volume_io import check_output_folder, refuse_existing
 
-    refuse_existing([args.output_dir / n for n in ("metrics.json", "cases.csv", "pr_curve.png")], args.overwrite)
+    refuse_existing(list(report_paths(args.output_dir).values()), args.overwrite)
+    check_output_folder(args.output_dir, 10_000_000)
     detector = Detector.from_file(args.model, args.device)
     cases = find_cases(args.data, args.brain_masks)
-    report = evaluate(detector, cases, threshold=args.threshold, scales=not args.no_scales, log=lambda m: print(m, file=sys.stderr))
-    paths = write_report(
-        report, args.output_dir, f"{detector.card.architecture.name} on {args.data.name} ({len(cases)} cases)", args.overwrite
-    )
-    print(f"{'map':22s}{'AUPRC':>8s}{'[DICE]':>9s}{'Dice@t':>9s}")
+    adaptation = detector.default_adaptation() if args.adapt is not False else None
+    if args.adapt and adaptation is None:
+        adaptation = detector.card.adaptation.settings if detector.card.adaptation else defaults.DEFAULT_ADAPTATION
+    report = evaluate(detector, cases, adaptation=adaptation, scales=not args.no_scales, log=lambda m: print(m, file=sys.stderr))
+    for warning in report.warnings:
+        _warn(warning)
+    title = f"{detector.card.architecture.name} on {args.data.name} ({len(cases)} cases)"
+    paths = write_report(report, args.output_dir, title, args.overwrite)
+    print(f"{'map':24s}{'AUPRC':>8s}{'[DICE]':>9s}{'Dice@t':>9s}")
     for name, values in report.pooled.items():
-        at = values.get("dice_at_threshold")
-        print(f"{name:22s}{values['auprc']:8.3f}{values['best_dice']:9.3f}{'-' if at is None else format(at, '.3f'):>9s}")
-    print("[DICE]: threshold chosen on the test labels (upper bound); Dice@t: the model's label-free threshold")
+        print(f"{name:24s}{_fmt(values.get('auprc')):>8s}{_fmt(values.get('best_dice')):>9s}{_fmt(values.get('dice_at_threshold')):>9s}")
+    print("[DICE]: threshold chosen on the test labels (an upper bound); Dice@t: the model's label-free threshold")
     for name, path in paths.items():
         print(f"{name:>10s}: {path}")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _warn(message: str) -> None:
     print(f"ssae: warning: {message}", file=sys.stderr)
 
 
-def _report_alignment(alignment, modality: str = "FLAIR") -> None:
-    """Warnings for a doubtful registration or an unexpected contrast (the run goes on)."""
-    if alignment is None:
-        return
-    quality = alignment.quality
-    if not quality.passed:
-        _warn(f"registration check failed: {quality.message}; inspect the results before trusting them")
-    if quality.contrast_warning:
-        _warn(f"the model expects {modality}, but {quality.contrast_warning}")
-
-
 def _preprocess(args: argparse.Namespace) -> None:
     from .datasets import Case, find_cases, read_case_volumes
-    from .registration import align_to_atlas, atlas_space_image, bias_correct, write_transform
-    from .volume_io import refuse_existing, volume_stem, write_json, write_volume
+    from .registration import align_to_atlas, alignment_warnings, atlas_space_image, bias_correct, write_transform
+    from .volume_io import check_output_folder, refuse_existing, volume_bytes, volume_stem, write_json, write_volume
 
     if args.input.is_file() and args.input.suffix.lower() != ".csv":
         cases = [Case(name=volume_stem(args.input), image=args.input, brain_mask=args.brain_mask)]
@@ -302,11 +432,14 @@ def _preprocess(args: argparse.Namespace) -> None:
         cases = find_cases(args.input, args.brain_masks)
     names = ("atlas.nii.gz", "brainmask.nii.gz", "atlas_to_scan.tfm", "qc.json")
     refuse_existing([args.output_dir / f"{c.name}_{n}" for c in cases for n in names], args.overwrite)
+    check_output_folder(args.output_dir, len(cases) * 30_000_000)
     for case in cases:
         image, brain, _ = read_case_volumes(case)
+        check_output_folder(args.output_dir, 2 * volume_bytes(image))
         source = image if args.no_bias_correction else bias_correct(image, brain)
         alignment = align_to_atlas(source, brain)
-        _report_alignment(alignment)
+        for warning in alignment_warnings(alignment):
+            _warn(f"{case.name}: {warning}")
         out = {n: args.output_dir / f"{case.name}_{n}" for n in names}
         write_volume(atlas_space_image(source, alignment.transform), out["atlas.nii.gz"], args.overwrite)
         write_volume(alignment.brain_mask, out["brainmask.nii.gz"], args.overwrite)
@@ -321,34 +454,19 @@ def _preprocess(args: argparse.Namespace) -> None:
         write_json(report, out["qc.json"], args.overwrite)
         verdict = "ok" if alignment.quality.passed else "CHECK"
         print(
-            f"{case.name}: {verdict} (template brain {alignment.quality.brain_inside_head:.0%} inside the head, scales {', '.join(f'{v:.2f}' for v in alignment.quality.scales)}), {alignment.seconds:.1f} s"
+            f"{case.name}: {verdict} (template brain {alignment.quality.brain_inside_head:.0%} inside the head, "
+            f"scales {', '.join(f'{v:.2f}' for v in alignment.quality.scales)}), {alignment.seconds:.1f} s"
         )
 
 
 def _info(args: argparse.Namespace) -> None:
+    import json
+
+    from .card_file import describe_card
     from .checkpoint import read_model_card
 
     card = read_model_card(args.model)
-    if args.json:
-        print(json.dumps(card, indent=2))
-        return
-    training = card.get("training", {})
-    data = training.get("data", {})
-    lines = [
-        f"{card['name']}  ({card['parameters']:,} parameters, {card.get('modality', 'FLAIR')})",
-        card.get("description") or "",
-        f"input: {card['preprocessing']['size']} px, {card['architecture']['levels']} level(s), orientation {card['preprocessing'].get('orientation')}, "
-        f"{card['preprocessing']['percentile']:g}th-percentile normalisation",
-        f"threshold: {card['threshold']['value']:.5g} ({card['threshold']['method']})",
-        f"aggregated levels: {card['aggregated_levels']}; post-processing: {card['postprocessing']}",
-        f"trained on: {data.get('source', '?')} ({data.get('subjects', '?')} subjects, {data.get('train_slices', '?')} training / {data.get('val_slices', '?')} validation slices)",
-        f"epochs per level: {training.get('epochs_per_level')}; best validation loss: {training.get('best_val_loss_per_level')}",
-        f"validation l1 per level: {card.get('fidelity', {}).get('l1_per_level')}",
-        f"seed {training.get('seed')}, device {training.get('device')}, {training.get('duration_s')} s; versions {card.get('versions')}",
-        "layers:",
-        *("  " + line for line in card.get("layers", [])),
-    ]
-    print("\n".join(line for line in lines if line))
+    print(json.dumps(card, indent=2) if args.json else describe_card(card))
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -357,14 +475,38 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.output_dir, args.device, args.overwrite)
 
 
-COMMANDS = {"train": _train, "detect": _detect, "evaluate": _evaluate, "preprocess": _preprocess, "info": _info, "demo": _demo}
+COMMANDS = {
+    "train": _train,
+    "adapt": _adapt,
+    "detect": _detect,
+    "evaluate": _evaluate,
+    "preprocess": _preprocess,
+    "info": _info,
+    "demo": _demo,
+}
+
+
+def _terminate_as_interrupt(signum, frame) -> None:
+    """SIGTERM (a GUI's Cancel, a scheduler's stop) unwinds like Ctrl-C: temporary files go."""
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
-    args = parser.parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a flag refused with one line on stderr
+        return int(exc.code or 0)
+    previous = None
+    if args.command != "train":  # training turns SIGINT/SIGTERM into a saved resume state itself
+        try:
+            previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # even where the parent's group ignores Ctrl-C
+        except ValueError:  # not the main thread (embedded use): leave signals alone
+            previous = None
+    watch_stop_file()  # a GUI's Cancel (ssae.background): behaves like Ctrl-C
+    try:
+        return COMMANDS[args.command](args) or 0
     except TrainingInterrupted as exc:
         print(f"ssae: {exc}", file=sys.stderr)
         return 130
@@ -372,9 +514,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ssae: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ssae: interrupted", file=sys.stderr)
+        print("ssae: interrupted (files being written were removed)", file=sys.stderr)
         return 130
-    return 0
+    except BrokenPipeError:  # the reader went away (ssae info | head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def _is_volume(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
 
 
-def _is_dicom_folder(path: Path) -> bool:
+def is_dicom_folder(path: Path) -> bool:
     return path.is_dir() and any(p.suffix.lower() == ".dcm" for p in path.iterdir())
 
 
@@ -68,7 +68,7 @@ def _role(name: str) -> str:
 
 
 def _case_from_folder(folder: Path) -> Case | None:
-    if _is_dicom_folder(folder):
+    if is_dicom_folder(folder):
         return Case(name=folder.name, image=folder)
     files = sorted(p for p in folder.iterdir() if _is_volume(p))
     by_role: dict[str, list[Path]] = {"image": [], "brain_mask": [], "label": []}
@@ -92,6 +92,17 @@ def _case_from_folder(folder: Path) -> Case | None:
         brain_mask=_single(by_role["brain_mask"], folder, "brain mask"),
         label=_single(by_role["label"], folder, "lesion label"),
     )
+
+
+def warn_if_labelled(cases: list[Case], warn) -> None:
+    """Training expects healthy scans: say so when the folder looks like labelled patients."""
+    labelled = [c.name for c in cases if c.label is not None]
+    if labelled:
+        warn(
+            f"{len(labelled)} of {len(cases)} training scans have a lesion label beside them ({', '.join(labelled[:3])}"
+            f"{', ...' if len(labelled) > 3 else ''}); models learn healthy anatomy, so train on healthy scans. "
+            "Labelled voxels are left out of the loss."
+        )
 
 
 def _single(paths: list[Path], folder: Path, what: str) -> Path | None:
@@ -295,7 +306,7 @@ def _build_cache(cases: list[Case], settings: PreprocessingSettings, folder: Pat
         source = bias_correct(image, brain_mask) if settings.bias_correction else image
         alignment = cached_alignment(case, source, brain_mask, settings.bias_correction, cache_root) if settings.atlas else None
         if alignment is not None and not alignment.quality.passed:
-            log(f"warning: {case.name}: registration check failed ({alignment.quality.message})")
+            log(f"warning: {case.name}: registration check: {alignment.quality.message} (training goes on; inspect this scan)")
         prepared = prepare_volume(source, replace(settings, bias_correction=False), brain_mask, alignment)
         keep = np.ones_like(prepared.brain)
         if case.label is not None:

@@ -3,17 +3,19 @@
 For every slice, level by level: ``Î_k = u(Î_{k+1}) + M_k(H_k)`` and the residual
 ``r_k = I_k - Î_k``. The aggregated residual applies the pyramid recursion to the residuals,
 ``a_k = u(a_{k+1}) + r_k``, from the coarsest aggregated level down to ``a_0 = r_*`` at full
-resolution. Every map goes through the same post-processing (positive part, median filter,
-eroded brain; a per-scale map is filtered at its own resolution and then brought to full
-resolution by repeated ``u``) and is resampled onto the input volume's own grid; the lesion
-mask is the aggregated score above the threshold.
+resolution. The residuals become score maps (:func:`ssae.postprocessing.score_maps`: per level,
+aggregated, with the hyper-intensity prior, fused with the FLAIR intensity, and the FLAIR
+reference), all of which are resampled onto the input volume's own grid in one pass; the lesion
+mask is the model card's score map above its threshold.
+
+Optionally, a copy of the model is first adapted to the scan (:mod:`ssae.adaptation`); the
+model card says whether that is the default and holds the thresholds calibrated for it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,12 +23,15 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .adaptation import AdaptationReport, AdaptationSettings, adapt_model, loss_weights
 from .checkpoint import ModelCard, load_model
 from .devices import inference_batch_size, resolve_device
 from .errors import SSAEError
+from .lesions import LesionStatistics, LesionTable, label_lesions, lesion_mask, lesion_table
+from .maps import is_map_name, level_map
 from .models import ScaleSpaceAutoencoder
-from .postprocessing import LesionStatistics, anomaly_score, eroded_brain, label_lesions, lesion_mask, lesion_statistics
-from .preprocessing import PreparedVolume, prepare_volume, to_input_grid
+from .postprocessing import score_maps
+from .preprocessing import PreparedVolume, prepare_volume, to_input_grid_many
 from .pyramid import decompose, upsample
 from .registration import AtlasAlignment
 
@@ -47,27 +52,48 @@ class SliceResiduals:
     aggregated: np.ndarray
     reconstruction: np.ndarray  # Î_0
 
+    def named(self) -> dict[str, np.ndarray]:
+        """``aggregated`` and ``levelK`` -> signed residual."""
+        return {"aggregated": self.aggregated, **{level_map(k): r for k, r in self.per_level.items()}}
+
 
 @dataclass
 class DetectionResult:
-    """Scores and mask on the input grid, plus slice-grid arrays for figures."""
+    """Score maps and mask on the input grid, plus slice-grid arrays for figures."""
 
-    aggregated: sitk.Image
-    scales: dict[int, sitk.Image]
+    maps: dict[str, sitk.Image]  # aggregated, levelK, prior, fused, flair
+    score_map: str  # the map that drew the mask
     mask: sitk.Image
     threshold: float
-    statistics: LesionStatistics
+    threshold_method: str
+    lesions: LesionTable
     prepared: PreparedVolume
     residuals: SliceResiduals
     grid_scores: dict[str, np.ndarray]
+    adaptation: AdaptationReport | None = None
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def statistics(self) -> LesionStatistics:
+        return self.lesions.statistics
+
+    @property
+    def score(self) -> sitk.Image:
+        return self.maps[self.score_map]
+
+    @property
+    def levels(self) -> list[int]:
+        return sorted(int(name[5:]) for name in self.maps if name.startswith("level"))
 
 
 class Detector:
     """A loaded model bound to a device; call :meth:`detect` on SimpleITK volumes."""
 
     def __init__(self, model: ScaleSpaceAutoencoder, card: ModelCard, device: torch.device, batch_size: int | None = None) -> None:
+        if batch_size is not None and batch_size < 1:
+            raise SSAEError(f"the batch size must be at least 1, got {batch_size}")
         self.card = card
+        self.path: Path | None = None  # the model file, when loaded from one
         self.device = device
         self.batch_size = batch_size or inference_batch_size(device)
         self.model = model.to(device).eval()
@@ -78,7 +104,30 @@ class Detector:
     def from_file(cls, path: str | Path, device: str = "auto", batch_size: int | None = None) -> Detector:
         resolved = resolve_device(device)
         loaded = load_model(path, resolved)
-        return cls(loaded.model, loaded.card, resolved, batch_size)
+        detector = cls(loaded.model, loaded.card, resolved, batch_size)
+        detector.path = loaded.path
+        return detector
+
+    def default_adaptation(self) -> AdaptationSettings | None:
+        """The adaptation the model card recommends (None: detect with the model as trained)."""
+        defaults = self.card.adaptation
+        return defaults.settings if defaults is not None and defaults.enabled else None
+
+    def adapted_to(
+        self,
+        slices: np.ndarray,
+        brain: np.ndarray,
+        settings: AdaptationSettings,
+        progress: ProgressCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> tuple[Detector, AdaptationReport]:
+        """A detector whose model copy is fine-tuned on one scan's model input ``slices``
+        (``brain`` its brain mask on the slice grid; see :mod:`ssae.adaptation`)."""
+        keep = loss_weights(slices, brain, settings.exclude_percentile)
+        model, report = adapt_model(self.model, slices, keep, settings, self.device, progress, should_cancel)
+        adapted = Detector(model, self.card, self.device, self.batch_size)
+        adapted.path = self.path
+        return adapted, report
 
     def slice_residuals(
         self,
@@ -109,13 +158,17 @@ class Detector:
                 agg = residual[coarsest_aggregated]
                 for k in range(coarsest_aggregated - 1, -1, -1):
                     agg = upsample(agg) + residual[k]
-                for k in per_level:
-                    per_level[k][start:stop] = residual[k][:, 0].float().cpu().numpy()
+                for k, target in per_level.items():
+                    target[start:stop] = residual[k][:, 0].float().cpu().numpy()
                 aggregated[start:stop] = agg[:, 0].float().cpu().numpy()
                 reconstruction[start:stop] = recon[0][:, 0].float().cpu().numpy()
                 if progress is not None:
                     progress(stop / n, f"reconstructed {stop}/{n} slices")
         return SliceResiduals(per_level=per_level, aggregated=aggregated, reconstruction=reconstruction)
+
+    def grid_score_maps(self, prepared: PreparedVolume, residuals: SliceResiduals) -> dict[str, np.ndarray]:
+        """Every score map on the slice grid (see :func:`ssae.postprocessing.score_maps`)."""
+        return score_maps(residuals.named(), prepared.intensities, prepared.brain, self.card.postprocessing)
 
     def detect(
         self,
@@ -126,59 +179,84 @@ class Detector:
         progress: ProgressCallback | None = None,
         should_cancel: CancelCheck | None = None,
         alignment: AtlasAlignment | None = None,
+        adaptation: AdaptationSettings | None = None,
+        score_map: str | None = None,
     ) -> DetectionResult:
-        """Scores per scale and aggregated, and the lesion mask, all on ``image``'s grid.
+        """Score maps and the lesion mask, all on ``image``'s grid.
 
-        ``alignment`` reuses an earlier atlas registration of this scan (atlas models only).
+        ``adaptation`` fine-tunes a copy of the model on this scan first (pass
+        :meth:`default_adaptation` for what the model card recommends). ``score_map`` chooses
+        the map that draws the mask (default: the card's); ``threshold`` overrides that map's
+        label-free threshold. ``alignment`` reuses an earlier atlas registration of this scan.
         """
+        card = self.card
+        chosen_map = score_map or card.score_map
+        if not is_map_name(chosen_map) or (chosen_map.startswith("level") and not scales):
+            raise SSAEError(f"unknown score map {chosen_map!r} for this run")
         timings: dict[str, float] = {}
         report = progress or (lambda fraction, message: None)
+        adapt_share = 0.45 if adaptation is not None else 0.0
 
         t0 = time.perf_counter()
         report(0.0, "preprocessing")
-        prepared = prepare_volume(image, self.card.preprocessing, brain_mask, alignment)
+        prepared = prepare_volume(image, card.preprocessing, brain_mask, alignment)
         timings["preprocess_s"] = time.perf_counter() - t0
 
+        detector, adapted = self, None
+        if adaptation is not None:
+            t0 = time.perf_counter()
+            detector, adapted = self.adapted_to(prepared.slices, prepared.brain, adaptation, lambda f, m: report(0.05 + adapt_share * f, m), should_cancel)
+            timings["adapt_s"] = time.perf_counter() - t0
+
         t0 = time.perf_counter()
-        residuals = self.slice_residuals(prepared.slices, scales, lambda f, m: report(0.05 + 0.75 * f, m), should_cancel)
+        forward_share = 0.75 - adapt_share
+        residuals = detector.slice_residuals(
+            prepared.slices, scales, lambda f, m: report(0.05 + adapt_share + forward_share * f, m), should_cancel
+        )
         timings["forward_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         report(0.85, "post-processing and mapping back to the input grid")
-        post = self.card.postprocessing
-        inside = eroded_brain(prepared.brain, post.brain_erosion)
-        # Interpolation at the brain's edge must not leak scores outside the input's brain mask.
-        input_brain = sitk.Cast(prepared.brain_mask, sitk.sitkFloat32)
-        signed = {"aggregated": residuals.aggregated, **{f"level{k}": r for k, r in residuals.per_level.items()}}
-
-        def finish(name: str) -> tuple[np.ndarray, sitk.Image]:
-            if should_cancel is not None and should_cancel():
-                raise DetectionCancelled("detection cancelled")
-            score = anomaly_score(signed[name], prepared.slices, inside, post, prepared.brain)
-            return score, to_input_grid(score, prepared.grid, image, prepared.transform) * input_brain
-
-        # ITK and numpy release the GIL: two maps at a time keep both cores busy.
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            finished = dict(zip(signed, pool.map(finish, signed)))
-        grid_scores = {name: score for name, (score, _) in finished.items()}
-        aggregated = finished["aggregated"][1]
-        scale_images = {int(name[len("level") :]): image_ for name, (_, image_) in finished.items() if name != "aggregated"}
+        if should_cancel is not None and should_cancel():
+            raise DetectionCancelled("detection cancelled")
+        grid_scores = self.grid_score_maps(prepared, residuals)
         timings["postprocess_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        maps = to_input_grid_many(grid_scores, prepared.grid, image, prepared.transform, prepared.brain_mask)
+        timings["resample_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        chosen = self.card.threshold.value if threshold is None else float(threshold)
-        labels = label_lesions(aggregated, chosen, post.min_lesion_mm3)
-        mask, statistics = lesion_mask(labels), lesion_statistics(labels)
+        chosen, method = self._threshold(chosen_map, adaptation, threshold)
+        labels = label_lesions(maps[chosen_map], chosen, card.postprocessing.min_lesion_mm3)
+        mask, lesions = lesion_mask(labels), lesion_table(labels)
         timings["mask_s"] = time.perf_counter() - t0
         report(1.0, "done")
         return DetectionResult(
-            aggregated=aggregated,
-            scales=scale_images,
+            maps=maps,
+            score_map=chosen_map,
             mask=mask,
             threshold=chosen,
-            statistics=statistics,
+            threshold_method=method,
+            lesions=lesions,
             prepared=prepared,
             residuals=residuals,
             grid_scores=grid_scores,
+            adaptation=adapted,
             timings=timings,
         )
+
+    def _threshold(self, map_name: str, adaptation: AdaptationSettings | None, given: float | None) -> tuple[float, str]:
+        """The threshold that draws the mask, and how it was chosen."""
+        if given is not None:
+            if not (np.isfinite(given) and given > 0):
+                raise SSAEError(f"the threshold must be a positive number, got {given}")
+            return float(given), "given by the user"
+        card = self.card
+        calibrated = card.threshold_for(map_name, adapted=adaptation is not None)
+        if calibrated is not None:
+            how = "on adapted healthy validation subjects" if adaptation is not None else ""
+            return calibrated, f"{card.calibration.method} {how}".strip()
+        fallback = card.threshold_for(map_name)
+        if fallback is None:
+            raise SSAEError(f"the model card has no threshold for the {map_name} map; pass --threshold")
+        return fallback, f"{card.calibration.method} (calibrated without adaptation: this model has no adapted thresholds)"

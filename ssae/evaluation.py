@@ -2,14 +2,16 @@
 
 Voxels counted: the brain mask plus every labelled lesion voxel (a lesion outside the brain
 mask still counts as missed). Everything is measured on the input volume's own grid, the grid
-a user's mask lives on. For every score map we report
+a user's mask lives on. For every score map (and both FLAIR baselines, :mod:`ssae.baselines`)
+we report
 
 * AUPRC pooled over the data set,
 * the oracle [DICE] (best threshold picked on the test labels: an upper bound),
-* Dice, precision and recall at the model's label-free calibrated threshold (pooled, and per
-  case in the CSV),
+* Dice, precision and recall at the model's label-free threshold (pooled, and per case in the
+  CSV for the map that draws the mask).
 
-and the same AUPRC / [DICE] for the FLAIR intensity-threshold baseline on the same voxels.
+A metric that is undefined (no lesion voxel in the whole set, say) is reported as null with a
+warning, never as NaN.
 """
 
 from __future__ import annotations
@@ -25,24 +27,21 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .baselines import intensity_score
+from .adaptation import AdaptationSettings
+from .baselines import intensity_score, strong_intensity_score
 from .datasets import Case, read_case_volumes
 from .detection import Detector
 from .metrics import average_precision, best_dice, overlap, precision_recall
+from .preprocessing import to_input_grid_many
 from .volume_io import atomic_path, refuse_existing, write_json, write_text
 
-BASELINE = "intensity baseline"
-AGGREGATED = "aggregated"
+RAW_FLAIR = "raw FLAIR baseline"
+STRONG_FLAIR = "strong FLAIR baseline"
+BASELINES = (RAW_FLAIR, STRONG_FLAIR)
 
 
-def level_name(level: int) -> str:
-    return f"level {level}"
-
-
-def _level_threshold(detector: Detector, name: str) -> float | None:
-    if name == BASELINE:
-        return None
-    return detector.card.threshold_for(name.replace(" ", ""))
+def _defined(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
 @dataclass
@@ -50,25 +49,29 @@ class CaseResult:
     name: str
     lesion_voxels: int
     lesion_ml: float
-    auprc: dict[str, float]
-    at_threshold: dict[str, float]  # dice/precision/recall of the aggregated map at the calibrated threshold
+    auprc: dict[str, float | None]
+    at_threshold: dict[str, float | None]  # dice/precision/recall of the mask (score map at its threshold)
     predicted_ml: float
 
 
 @dataclass
 class EvaluationReport:
-    threshold: float
+    score_map: str
+    threshold: float | None
     cases: list[CaseResult]
-    pooled: dict[str, dict[str, float]]  # map name -> metrics
+    pooled: dict[str, dict[str, float | None]]  # map name -> metrics
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # map -> (recall, precision)
     settings: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "score_map": self.score_map,
             "threshold": self.threshold,
             "pooled": self.pooled,
             "cases": [case.__dict__ for case in self.cases],
             "settings": self.settings,
+            "warnings": self.warnings,
             "note": "[DICE] picks its threshold on the test labels (an upper bound); dice_at_threshold uses the model's label-free threshold.",
         }
 
@@ -89,77 +92,92 @@ class _Pool:
         return np.concatenate(self.scores[name]), np.concatenate(self.labels)
 
 
-def _array(image: sitk.Image) -> np.ndarray:
-    return sitk.GetArrayViewFromImage(image)
-
-
 def evaluate(
     detector: Detector,
     cases: list[Case],
-    threshold: float | None = None,
+    adaptation: AdaptationSettings | None = None,
     scales: bool = True,
     log: Callable[[str], None] = print,
 ) -> EvaluationReport:
     """Detect on every labelled case and compute the metrics described in the module doc."""
-    chosen = detector.card.threshold.value if threshold is None else threshold
+    card = detector.card
     pool = _Pool()
     results = []
+    threshold = None
     for index, case in enumerate(cases):
         log(f"evaluating {case.name} ({index + 1}/{len(cases)})")
         image, brain, label = read_case_volumes(case, need_label=True)
         assert label is not None
-        result = detector.detect(image, brain, threshold=chosen, scales=scales)
-        truth = _array(label).astype(bool)
-        counted = _array(result.prepared.brain_mask).astype(bool) | truth
-        maps = {AGGREGATED: _array(result.aggregated)[counted]}
-        maps.update({level_name(k): _array(img)[counted] for k, img in result.scales.items()})
-        maps[BASELINE] = intensity_score(image, result.prepared)[counted]
+        result = detector.detect(image, brain, scales=scales, adaptation=adaptation)
+        threshold = result.threshold
+        truth = sitk.GetArrayFromImage(label).astype(bool)
+        counted = sitk.GetArrayFromImage(result.prepared.brain_mask).astype(bool) | truth
+        maps = {name: sitk.GetArrayFromImage(score)[counted] for name, score in result.maps.items()}
+        maps[RAW_FLAIR] = intensity_score(image, result.prepared)[counted]
+        strong = strong_intensity_score(result.prepared, card.postprocessing.brain_erosion)
+        strong_image = to_input_grid_many({"strong": strong}, result.prepared.grid, image, result.prepared.transform, result.prepared.brain_mask)
+        maps[STRONG_FLAIR] = sitk.GetArrayFromImage(strong_image["strong"])[counted]
         labels = truth[counted]
         pool.add(labels, maps)
         voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
-        predicted = _array(result.mask).astype(bool)
+        predicted = sitk.GetArrayFromImage(result.mask).astype(bool)
         results.append(
             CaseResult(
                 name=case.name,
                 lesion_voxels=int(truth.sum()),
                 lesion_ml=float(truth.sum()) * voxel_ml,
-                auprc={name: average_precision(values, labels) if labels.any() else math.nan for name, values in maps.items()},
-                at_threshold=overlap(predicted & counted, truth).to_dict(),
+                auprc={name: _defined(average_precision(values, labels)) if labels.any() else None for name, values in maps.items()},
+                at_threshold={k: _defined(v) for k, v in overlap(predicted & counted, truth).to_dict().items()},
                 predicted_ml=float(predicted.sum()) * voxel_ml,
             )
         )
-    pooled: dict[str, dict[str, float]] = {}
+    warnings = []
+    if not any(r.lesion_voxels for r in results):
+        warnings.append("no case has a labelled lesion voxel: AUPRC and [DICE] are undefined (null)")
+    pooled: dict[str, dict[str, float | None]] = {}
     curves = {}
+    adapted = adaptation is not None
     for name in pool.scores:
         scores, labels = pool.metrics(name)
         oracle = best_dice(scores, labels)
-        entry = {"auprc": average_precision(scores, labels), "best_dice": oracle.dice, "best_dice_threshold": oracle.threshold}
-        map_threshold = chosen if name == AGGREGATED else _level_threshold(detector, name)
+        entry: dict[str, float | None] = {
+            "auprc": _defined(average_precision(scores, labels)),
+            "best_dice": _defined(oracle.dice),
+            "best_dice_threshold": _defined(oracle.threshold),
+        }
+        map_threshold = None
+        if name not in BASELINES:
+            map_threshold = card.threshold_for(name, adapted)
+            map_threshold = card.threshold_for(name) if map_threshold is None else map_threshold
         if map_threshold is not None:
             entry["threshold"] = map_threshold
-            entry.update({f"{k}_at_threshold": v for k, v in overlap(scores > map_threshold, labels).to_dict().items()})
+            entry.update({f"{k}_at_threshold": _defined(v) for k, v in overlap(scores > map_threshold, labels).to_dict().items()})
         pooled[name] = entry
-        precision, recall, _ = precision_recall(scores, labels)
-        step = max(1, len(recall) // 2000)
-        curves[name] = (recall[::step], precision[::step])
+        if labels.any():
+            precision, recall, _ = precision_recall(scores, labels)
+            step = max(1, len(recall) // 2000)
+            curves[name] = (recall[::step], precision[::step])
     return EvaluationReport(
-        threshold=chosen,
+        score_map=card.score_map,
+        threshold=threshold,
         cases=results,
         pooled=pooled,
         curves=curves,
         settings={
-            "model": detector.card.architecture.name,
-            "threshold_method": detector.card.threshold.method if threshold is None else "given by the user",
-            "postprocessing": detector.card.postprocessing.to_dict(),
+            "model": card.architecture.name,
+            "adaptation": adaptation.to_dict() if adapted else None,
+            "threshold_method": card.calibration.method + (" (adapted)" if adapted else ""),
+            "postprocessing": card.postprocessing.to_dict(),
             "voxels": "brain mask plus labelled lesion voxels, on each input volume's grid",
         },
+        warnings=warnings,
     )
 
 
 def cases_csv(report: EvaluationReport) -> str:
     buffer = io.StringIO()
     names = list(report.pooled)
-    writer = csv.writer(buffer)
+    writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(
         ["case", "lesion_voxels", "lesion_ml", "predicted_ml", "dice_at_threshold", "precision_at_threshold", "recall_at_threshold"]
         + [f"auprc {n}" for n in names]
@@ -167,26 +185,18 @@ def cases_csv(report: EvaluationReport) -> str:
     for case in report.cases:
         t = case.at_threshold
         writer.writerow(
-            [
-                case.name,
-                case.lesion_voxels,
-                f"{case.lesion_ml:.3f}",
-                f"{case.predicted_ml:.3f}",
-                _fmt(t["dice"]),
-                _fmt(t["precision"]),
-                _fmt(t["recall"]),
-            ]
-            + [_fmt(case.auprc.get(n, math.nan)) for n in names]
+            [case.name, case.lesion_voxels, f"{case.lesion_ml:.3f}", f"{case.predicted_ml:.3f}", _fmt(t["dice"]), _fmt(t["precision"]), _fmt(t["recall"])]
+            + [_fmt(case.auprc.get(n)) for n in names]
         )
     return buffer.getvalue()
 
 
-def _fmt(value: float) -> str:
-    return "nan" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
 
 
 def pr_curve_figure(report: EvaluationReport, path: Path, title: str, overwrite: bool) -> Path:
-    """Precision-recall curves of every map and the baseline, pooled over the data set."""
+    """Precision-recall curves of every map and both baselines, pooled over the data set."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,17 +204,17 @@ def pr_curve_figure(report: EvaluationReport, path: Path, title: str, overwrite:
 
     fig, ax = plt.subplots(figsize=(6, 5))
     for name, (recall, precision) in report.curves.items():
-        style = "--" if name == BASELINE else "-"
-        ax.plot(
-            recall, precision, style, label=f"{name} (AUPRC {report.pooled[name]['auprc']:.3f})", linewidth=2 if name == AGGREGATED else 1.2
-        )
+        style = "--" if name in BASELINES else "-"
+        auprc = report.pooled[name]["auprc"]
+        ax.plot(recall, precision, style, label=f"{name} (AUPRC {auprc:.3f})", linewidth=2 if name == report.score_map else 1.2)
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="upper right")
+    if report.curves:
+        ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     with atomic_path(path, overwrite) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
@@ -212,8 +222,12 @@ def pr_curve_figure(report: EvaluationReport, path: Path, title: str, overwrite:
     return path
 
 
+def report_paths(folder: Path) -> dict[str, Path]:
+    return {"metrics": folder / "metrics.json", "cases": folder / "cases.csv", "pr_curve": folder / "pr_curve.png"}
+
+
 def write_report(report: EvaluationReport, folder: Path, title: str, overwrite: bool) -> dict[str, Path]:
-    paths = {"metrics": folder / "metrics.json", "cases": folder / "cases.csv", "pr_curve": folder / "pr_curve.png"}
+    paths = report_paths(folder)
     refuse_existing(list(paths.values()), overwrite)
     write_json(report.to_dict(), paths["metrics"], overwrite)
     write_text(cases_csv(report), paths["cases"], overwrite)

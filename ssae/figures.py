@@ -12,7 +12,7 @@ from .volume_io import atomic_path
 
 def _interesting_slices(result: DetectionResult, truth: np.ndarray | None, count: int) -> list[int]:
     """Slices with the most ground-truth lesion, else with the highest aggregated score."""
-    weight = truth if truth is not None and truth.any() else result.grid_scores["aggregated"]
+    weight = truth if truth is not None and truth.any() else result.grid_scores[result.score_map]
     per_slice = weight.reshape(weight.shape[0], -1).sum(axis=1)
     order = np.argsort(-per_slice)
     chosen: list[int] = []
@@ -27,7 +27,8 @@ def _interesting_slices(result: DetectionResult, truth: np.ndarray | None, count
 def detection_figure(
     result: DetectionResult, path: Path, title: str, truth: np.ndarray | None = None, rows: int = 3, overwrite: bool = False
 ) -> Path:
-    """Rows of slices; columns input / reconstruction / score per level / aggregated / mask / truth.
+    """Rows of slices; columns input / reconstruction / score per level / aggregated / the map
+    that draws the mask / mask / truth.
 
     ``truth`` is a ground-truth mask already on the slice grid ([slices, size, size]).
     """
@@ -38,14 +39,18 @@ def detection_figure(
 
     prepared, grid = result.prepared, result.grid_scores
     levels = sorted(int(name[5:]) for name in grid if name.startswith("level"))
-    mask_grid = grid["aggregated"] > result.threshold
+    mask_grid = grid[result.score_map] > result.threshold
     columns = [
         ("input", prepared.slices, "gray", (0, 1)),
         ("reconstruction", np.clip(result.residuals.reconstruction, 0, 1), "gray", (0, 1)),
     ]
-    top = max(float(np.percentile(grid["aggregated"][prepared.brain], 99.9)), result.threshold * 1.5, 1e-6)
+    top = max(float(np.percentile(grid["aggregated"][prepared.brain], 99.9)), 1e-6)
     columns += [(f"score level {k}", grid[f"level{k}"], "inferno", (0, top)) for k in levels]
-    columns += [("aggregated score", grid["aggregated"], "inferno", (0, top)), ("mask (threshold)", mask_grid, "Reds", (0, 1))]
+    columns.append(("aggregated score", grid["aggregated"], "inferno", (0, top)))
+    if result.score_map != "aggregated":
+        score_top = max(float(np.percentile(grid[result.score_map][prepared.brain], 99.9)), result.threshold * 1.5, 1e-6)
+        columns.append((f"{result.score_map} score", grid[result.score_map], "inferno", (0, score_top)))
+    columns.append((f"mask ({result.score_map} > threshold)", mask_grid, "Reds", (0, 1)))
     if truth is not None:
         columns.append(("ground truth", truth, "Greens", (0, 1)))
     picks = _interesting_slices(result, truth, rows)

@@ -29,10 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .defaults import VARIANTS
 from .errors import SSAEError
 from .pyramid import Pyramid, upsample
-
-VARIANTS = ("dense", "spatial", "vae")
 
 
 @dataclass(frozen=True)
@@ -194,6 +193,12 @@ class ScaleSpaceAutoencoder(nn.Module):
             coarser, _ = self.level_prediction(level, pyramid, coarser)
             recon[level] = coarser
         return recon
+
+
+def aggregated_levels(levels: int) -> list[int]:
+    """Levels summed into the aggregated map: all but the coarsest (the paper aggregates
+    256/128/64 px of a 4-level, 256 px model), or the only level of a plain autoencoder."""
+    return list(range(max(levels - 1, 1)))
 
 
 def build_model(arch: Architecture) -> ScaleSpaceAutoencoder:

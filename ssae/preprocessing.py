@@ -23,8 +23,10 @@ Steps (all recorded in the model card through :class:`PreprocessingSettings`):
    template and the grid is instead the same isotropic grid around the template brain for every
    scan; with ``bias_correction`` the scan is N4-corrected first.
 5. *Intensities*: divided by the 98th percentile of brain voxels (after a shift by the 0.5th
-   percentile when brain intensities are negative, e.g. z-scored data) and clipped to [0, 1];
-   everything outside the brain mask is 0, as in skull-stripped training data.
+   percentile when brain intensities are negative, e.g. z-scored data), clipped below at 0 and
+   above at ``clip_max`` (1 in the paper, which saturates the brighter half of most lesions;
+   ``None`` keeps their full brightness); everything outside the brain mask is 0, as in
+   skull-stripped training data.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class PreprocessingSettings:
 
     size: int = 256
     percentile: float = 98.0
+    clip_max: float | None = 1.0
     min_brain_fraction: float = 0.1
     margin: float = 0.05
     atlas: bool = False
@@ -67,7 +70,8 @@ class PreprocessingSettings:
 class PreparedVolume:
     """A volume on the slice grid, ready for the model, plus what is needed to go back."""
 
-    slices: np.ndarray  # [n, size, size] float32 in [0, 1], 0 outside the brain
+    slices: np.ndarray  # [n, size, size] float32, model input: normalised, clipped to [0, clip_max], 0 outside the brain
+    intensities: np.ndarray  # [n, size, size] float32, normalised like ``slices`` but not clipped (FLAIR maps, prior)
     brain: np.ndarray  # [n, size, size] bool
     grid: sitk.Image  # geometry of the slice grid (pixel values unused)
     input_reference: sitk.Image  # the input volume (its grid is where results go back to)
@@ -211,6 +215,32 @@ def to_input_grid(maps: np.ndarray, grid: sitk.Image, reference: sitk.Image, tra
     return back
 
 
+def to_input_grid_many(
+    maps: dict[str, np.ndarray], grid: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None, brain_mask: sitk.Image
+) -> dict[str, sitk.Image]:
+    """Every [slices, rows, cols] map of the slice grid onto ``reference``'s voxels in one pass,
+    zero outside ``brain_mask`` (interpolation at the brain's edge must not leak scores out).
+
+    The maps travel as the components of one vector image, so the input-voxel-to-grid mapping
+    and the interpolation weights are computed once for all of them.
+    """
+    names = list(maps)
+    stacked = np.stack([np.asarray(maps[name], dtype=np.float32) for name in names], axis=-1)
+    vector = sitk.GetImageFromArray(stacked, isVector=True)
+    vector.CopyInformation(grid)
+    inverse = transform.GetInverse() if transform is not None else sitk.Transform()
+    back = sitk.GetArrayFromImage(sitk.Resample(vector, reference, inverse, sitk.sitkLinear, 0.0))
+    if back.ndim == 3:  # a single map comes back as a scalar image
+        back = back[..., None]
+    inside = sitk.GetArrayViewFromImage(brain_mask) > 0
+    result = {}
+    for index, name in enumerate(names):
+        image = sitk.GetImageFromArray(np.where(inside, back[..., index], np.float32(0.0)))
+        image.CopyInformation(reference)
+        result[name] = image
+    return result
+
+
 def intensity_normalisation(values: np.ndarray, percentile: float) -> tuple[float, float]:
     """Offset and scale that map brain intensities to [0, 1] by the ``percentile``-th value."""
     low = float(np.percentile(values, 0.5))
@@ -251,10 +281,10 @@ def prepare_volume(
     if not brain.any():
         raise SSAEError("no brain voxels left on the slice grid")
     offset, scale = intensity_normalisation(slices[brain], settings.percentile)
-    normalised = np.clip((slices - offset) / scale, 0.0, 1.0).astype(np.float32)
-    normalised[~brain] = 0.0
+    intensities = np.where(brain, (slices - offset) / scale, 0.0).astype(np.float32)
     return PreparedVolume(
-        slices=normalised,
+        slices=np.clip(intensities, 0.0, settings.clip_max),
+        intensities=intensities,
         brain=brain,
         grid=grid,
         input_reference=image,

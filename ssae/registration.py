@@ -77,22 +77,35 @@ def load_atlas() -> Atlas:
 def bias_correct(image: sitk.Image, mask: sitk.Image | None = None, fit_spacing_mm: float = 4.0, iterations: int = 30) -> sitk.Image:
     """N4 bias-field correction inside ``mask`` (a brain mask, else the head foreground), fitted
     on a copy shrunk to ~``fit_spacing_mm`` voxels (the field is smooth) and applied at full
-    resolution."""
+    resolution.
+
+    Intensities are brought to a unit scale first (divided by the 99th percentile of their
+    magnitude inside the mask) and scaled back afterwards, so the correction is the same for a
+    scan stored in any units: N4's internal statistics do not overflow for huge values nor
+    lose precision for tiny ones.
+    """
     if mask is None:
         mask = foreground_mask(image)
-    source = sitk.Cast(image, sitk.sitkFloat32)
-    low = float(np.percentile(sitk.GetArrayViewFromImage(source)[sitk.GetArrayViewFromImage(mask) > 0], 1))
+    inside_values = sitk.GetArrayFromImage(image)[sitk.GetArrayFromImage(mask) > 0]
+    if inside_values.size == 0:
+        raise SSAEError("the brain mask is empty: no voxel to estimate the bias field from")
+    unit = float(np.percentile(np.abs(inside_values), 99)) or 1.0
+    source = sitk.Cast(image, sitk.sitkFloat32) * (1.0 / unit)
+    low = float(np.percentile(inside_values, 1)) / unit
     shift = 1.0 - min(low, 0.0)  # N4 works on log intensities: keep them positive
     positive = source + shift
-    factors = [max(1, min(int(round(fit_spacing_mm / spacing)), size // 16)) for spacing, size in zip(image.GetSpacing(), image.GetSize())]
+    factors = [max(1, min(round(fit_spacing_mm / spacing), size // 16)) for spacing, size in zip(image.GetSpacing(), image.GetSize())]
     corrector = sitk.N4BiasFieldCorrectionImageFilter()
     corrector.SetMaximumNumberOfIterations([iterations] * 3)
-    corrector.Execute(sitk.Shrink(positive, factors), sitk.Shrink(mask, factors))
+    try:
+        corrector.Execute(sitk.Shrink(positive, factors), sitk.Shrink(mask, factors))
+    except RuntimeError as exc:
+        raise SSAEError(f"bias-field correction failed: {str(exc).strip().splitlines()[-1]}") from None
     corrected = sitk.Cast(positive / sitk.Exp(corrector.GetLogBiasFieldAsImage(positive)) - shift, sitk.sitkFloat32)
     # Only the head is corrected: the background keeps its values (a skull-stripped scan's
     # constant background is how the foreground mask recognises it).
     inside = sitk.Cast(mask > 0, sitk.sitkFloat32)
-    result = corrected * inside + source * (1.0 - inside)
+    result = (corrected * inside + source * (1.0 - inside)) * unit
     result.CopyInformation(image)
     return result
 
@@ -347,8 +360,9 @@ def contrast_check(image: sitk.Image, transform: sitk.Transform) -> tuple[dict[s
     medians = {name: float(np.nanmedian(sampled[region])) for name, region in regions.items() if np.isfinite(sampled[region]).any()}
     warning = ""
     raw = sitk.GetArrayViewFromImage(image)
-    if float(raw.min()) < -500:
-        warning = "intensities below -500 look like CT (Hounsfield units), not MR FLAIR"
+    air = float(np.count_nonzero((raw > -1100) & (raw < -900))) / raw.size
+    if air > 0.1:  # Hounsfield units: air at -1000 around the head
+        warning = f"{air:.0%} of the voxels lie near -1000 (air in Hounsfield units): this looks like CT, not MR FLAIR"
     elif {"grey_matter", "white_matter", "csf"} <= set(medians):
         gm_v, wm_v, csf_v = medians["grey_matter"], medians["white_matter"], medians["csf"]
         if csf_v > max(gm_v, wm_v):
@@ -384,6 +398,19 @@ def align_to_atlas(image: sitk.Image, brain_mask: sitk.Image | None = None) -> A
     )
     mask = brain_mask if brain_mask is not None else refine_brain_mask(warp_atlas_brain(best.transform, image), head)
     return AtlasAlignment(transform=best.transform, brain_mask=mask, quality=quality, seconds=time.perf_counter() - started)
+
+
+def alignment_warnings(alignment: AtlasAlignment | None, modality: str = "FLAIR") -> list[str]:
+    """What a user must hear about a doubtful registration or an unexpected contrast (the run goes on)."""
+    if alignment is None:
+        return []
+    quality = alignment.quality
+    warnings = []
+    if not quality.passed:
+        warnings.append(f"registration check: {quality.message}; inspect the results before trusting them")
+    if quality.contrast_warning:
+        warnings.append(f"the model expects {modality}, but {quality.contrast_warning}")
+    return warnings
 
 
 def atlas_space_image(image: sitk.Image, transform: sitk.Transform) -> sitk.Image:

@@ -3,7 +3,7 @@
 Every variant (dense / spatial / variational; scale-space and plain at several sizes) is
 trained with the same seed and epoch budget on the same healthy subjects, then evaluated per
 scale and aggregated on the same labelled test cases, beside two references that need no
-training: the FLAIR intensity threshold and the same with the hyper-intensity prior.
+training: the FLAIR intensity threshold.
 
 Everything expensive is done once and kept in the output folder: bias-corrected copies of every
 scan, one atlas registration per scan (shared by all model sizes), and every trained model (a
@@ -37,7 +37,7 @@ from .detection import DetectionResult, Detector
 from .metrics import average_precision, best_dice, overlap, precision_recall
 from .models import Architecture, count_parameters
 from .postprocessing import PostprocessingSettings, anomaly_score, eroded_brain
-from .preprocessing import PreprocessingSettings, prepare_volume, to_input_grid
+from .preprocessing import PreprocessingSettings, prepare_volume, to_input_grid_many
 from .registration import bias_correct
 from .training import TrainingConfig, train
 from .volume_io import write_json, write_text
@@ -179,9 +179,8 @@ def _plain_aggregate(results: list[DetectionResult], post: PostprocessingSetting
         residual = sitk.GetImageFromArray(result.residuals.aggregated)
         residual.CopyInformation(result.prepared.grid)
         total += sitk.GetArrayFromImage(sitk.Resample(residual, largest.grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
-    score = anomaly_score(total, largest.slices, eroded_brain(largest.brain, post.brain_erosion), post, largest.brain)
-    brain = sitk.Cast(largest.brain_mask, sitk.sitkFloat32)
-    return to_input_grid(score, largest.grid, image, largest.transform) * brain
+    score = anomaly_score(total, eroded_brain(largest.brain, post.brain_erosion), post)
+    return to_input_grid_many({"aggregated": score}, largest.grid, image, largest.transform, largest.brain_mask)["aggregated"]
 
 
 def score_case(case: Case, detectors: dict[str, Detector], cache: Path) -> tuple[MapScores, dict[str, DetectionResult]]:
@@ -194,20 +193,19 @@ def score_case(case: Case, detectors: dict[str, Detector], cache: Path) -> tuple
     extras: dict[str, DetectionResult] = {}
     for name, detector in detectors.items():
         result = detector.detect(image, brain_mask, scales=detector.card.architecture.scale_space, alignment=alignment)
-        scores.maps[f"{name}|aggregated"] = sitk.GetArrayViewFromImage(result.aggregated)[counted].copy()
-        for level, level_image in result.scales.items():
+        scores.maps[f"{name}|aggregated"] = sitk.GetArrayFromImage(result.maps["aggregated"])[counted]
+        for level in result.levels:
             size = detector.card.architecture.level_size(level)
-            scores.maps[f"{name}|{size} px"] = sitk.GetArrayViewFromImage(level_image)[counted].copy()
+            scores.maps[f"{name}|{size} px"] = sitk.GetArrayFromImage(result.maps[f"level{level}"])[counted]
         extras[name] = result
     for variant in sorted({n.split()[1] for n in detectors if n.startswith("AE ")}):
         plain = [n for n in detectors if n.startswith(f"AE {variant} ")]
         if len(plain) > 1:
             largest = max(plain, key=lambda n: detectors[n].card.architecture.size)
             combined = _plain_aggregate([extras[n] for n in plain], detectors[largest].card.postprocessing, image)
-            scores.maps[f"AE {variant}|aggregated"] = sitk.GetArrayViewFromImage(combined)[counted].copy()
+            scores.maps[f"AE {variant}|aggregated"] = sitk.GetArrayFromImage(combined)[counted]
     any_result = next(iter(extras.values()))
     scores.maps["FLAIR intensity|-"] = intensity_score(image, any_result.prepared)[counted]
-    scores.maps["FLAIR intensity + prior|-"] = intensity_score(image, any_result.prepared, hyperintensity_prior=True)[counted]
     return scores, extras
 
 
@@ -327,7 +325,7 @@ def _calibrated_threshold(detectors: dict[str, Detector], model: str, map_name: 
     if detector is None:
         return None  # combinations of models have no calibrated threshold
     if map_name == "aggregated":
-        return detector.card.threshold.value
+        return detector.card.threshold_for("aggregated")
     size = int(map_name.split()[0])
     level = int(round(math.log2(detector.card.architecture.size / size)))
     return detector.card.threshold_for(f"level{level}")
@@ -338,7 +336,7 @@ def baseline_thresholds(
 ) -> dict[str, float]:
     """Label-free thresholds for the intensity baselines: the same percentile rule as the models,
     on the healthy validation subjects' brain voxels (lesion-labelled voxels left out)."""
-    values: dict[str, list[np.ndarray]] = {"FLAIR intensity": [], "FLAIR intensity + prior": []}
+    values: dict[str, list[np.ndarray]] = {"FLAIR intensity": []}
     for case in (c for c in train_cases if c.name in val_subjects):
         image, brain, label = read_case_volumes(case)
         alignment = cached_alignment(case, image, brain, False, cache)
@@ -347,7 +345,6 @@ def baseline_thresholds(
         if label is not None:
             keep &= ~sitk.GetArrayFromImage(label).astype(bool)
         values["FLAIR intensity"].append(intensity_score(image, prepared)[keep])
-        values["FLAIR intensity + prior"].append(intensity_score(image, prepared, hyperintensity_prior=True)[keep])
     return {k: float(np.percentile(np.concatenate(v), percentile)) for k, v in values.items()}
 
 
@@ -374,7 +371,7 @@ CSV_COLUMNS = [
 
 def results_csv(rows: list[ResultRow], profile: str) -> str:
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for r in rows:
         writer.writerow(
@@ -580,7 +577,7 @@ def run_suite(
     """Train (or reuse) every model, evaluate, and write the report into ``output``.
 
     ``postprocessing`` replaces the models' own post-processing at evaluation (the switches of
-    the authors' code: median size, brain erosion, hyper-intensity prior, small components);
+    the authors' code: median size, brain erosion, small components);
     the calibrated thresholds were chosen with the training-time settings.
     """
     started = time.time()

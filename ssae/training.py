@@ -32,21 +32,23 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
+from .adaptation import AdaptationSettings
 from .calibration import calibrate_thresholds, reconstruction_fidelity
-from .checkpoint import ModelCard, Threshold, current_versions, save_model
+from .checkpoint import AdaptationDefaults, Calibration, ModelCard, current_versions, save_model
 from .datasets import Case, SliceStack, load_slice_stack
+from .defaults import DEFAULT_ADAPTATION, DEFAULT_SCORE_MAP, DEFAULTS_EVIDENCE
 from .detection import Detector
 from .devices import describe_device, resolve_device
 from .errors import SSAEError, TrainingInterrupted
-from .models import Architecture, ScaleSpaceAutoencoder, build_model, count_parameters
+from .losses import level_loss
+from .maps import is_map_name
+from .models import Architecture, ScaleSpaceAutoencoder, aggregated_levels, build_model, count_parameters
 from .postprocessing import PostprocessingSettings
 from .preprocessing import PreprocessingSettings
 from .progress import ProgressLog
-from .pyramid import decompose
 from .volume_io import atomic_path
 
 RESUME_SUFFIX = ".resume.pt"
@@ -68,6 +70,9 @@ class TrainingConfig:
     kl_weight: float = 1.0
     threshold_percentile: float = 99.9
     amp: bool | None = None  # None: on for CUDA, off for CPU
+    score_map: str = DEFAULT_SCORE_MAP
+    adaptation: AdaptationSettings = field(default_factory=lambda: DEFAULT_ADAPTATION)
+    adapt_by_default: bool = True
 
     def __post_init__(self) -> None:
         if self.preprocessing.size != self.architecture.size:
@@ -78,12 +83,15 @@ class TrainingConfig:
             raise SSAEError("the validation fraction must be between 0 and 1")
         if not 50.0 <= self.threshold_percentile < 100.0:
             raise SSAEError("the threshold percentile must be in [50, 100)")
+        if not is_map_name(self.score_map) or (self.score_map.startswith("level") and int(self.score_map[5:]) >= self.architecture.levels):
+            raise SSAEError(f"unknown score map {self.score_map!r}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["architecture"] = self.architecture.to_dict()
         data["preprocessing"] = self.preprocessing.to_dict()
         data["postprocessing"] = self.postprocessing.to_dict()
+        data["adaptation"] = self.adaptation.to_dict()
         return data
 
 
@@ -95,38 +103,6 @@ def split_subjects(names: list[str], val_fraction: float, seed: int) -> tuple[li
     random.Random(seed).shuffle(order)
     n_val = min(max(1, round(val_fraction * len(order))), len(order) - 1)
     return sorted(order[n_val:]), sorted(order[:n_val])
-
-
-def level_loss(
-    model: ScaleSpaceAutoencoder,
-    level: int,
-    x: torch.Tensor,
-    keep: torch.Tensor,
-    net: torch.nn.Module | None = None,
-    kl_weight: float = 1.0,
-    amp_dtype: torch.dtype | None = None,
-) -> tuple[torch.Tensor, float]:
-    """Eq. 3 for one level: masked l2 between ``I_k`` and ``u(Î_{k+1}) + Ĥ_k`` (+ KL for a VAE).
-
-    ``keep`` is 1 where a full-resolution pixel counts (0 on lesion-labelled voxels); a coarse
-    pixel counts only if all the fine pixels under it do. The KL term is divided by the number
-    of pixels, so the loss is a per-pixel Gaussian negative log-likelihood plus KL.
-    ``amp_dtype`` runs the forward pass under CUDA autocast. Returns the loss and the number of
-    pixels that counted.
-    """
-    arch = model.arch
-    with torch.autocast(x.device.type, dtype=amp_dtype or torch.float16, enabled=amp_dtype is not None):
-        pyramid = decompose(x, arch.levels)
-        with torch.no_grad():
-            coarser = model.reconstruct(pyramid, finest=level + 1)[level + 1] if level < model.coarsest else None
-        prediction, kl = model.level_prediction(level, pyramid, coarser, net=net)
-    target = pyramid.lowpass[level].float()
-    weight = keep if level == 0 else 1.0 - F.max_pool2d(1.0 - keep, 2**level)
-    squared = (prediction.float() - target) ** 2 * weight
-    loss = squared.sum() / weight.sum().clamp_min(1.0)
-    if arch.variant == "vae":
-        loss = loss + kl_weight * kl.float().mean() / target[0].numel()
-    return loss, float(weight.sum())
 
 
 class _Distributed:
@@ -191,7 +167,7 @@ class _StopRequest:
             raise KeyboardInterrupt
         self.requested = True
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
@@ -486,19 +462,29 @@ class Trainer:
             architecture=arch,
             preprocessing=cfg.preprocessing,
             postprocessing=cfg.postprocessing,
-            aggregated_levels=list(range(max(arch.levels - 1, 1))),
-            threshold=Threshold(value=0.0, method="not calibrated"),
+            aggregated_levels=aggregated_levels(arch.levels),
+            thresholds={cfg.score_map: 0.0},
+            calibration=Calibration(method="not calibrated"),
+            score_map=cfg.score_map,
+            selection=DEFAULTS_EVIDENCE,
             description=self.description,
         )
         if self.dist.main:
             detector = Detector(model, card, self.device)
-            self.progress.message("calibrating the threshold on healthy validation subjects")
-            card.threshold, card.level_thresholds = calibrate_thresholds(detector, stack, self.val_subjects, cfg.threshold_percentile)
+            self.progress.message("calibrating the thresholds on healthy validation subjects")
+            card.calibration, card.thresholds = calibrate_thresholds(detector, stack, self.val_subjects, cfg.threshold_percentile)
+            self.progress.message("calibrating the thresholds on adapted healthy validation subjects")
+            _, adapted = calibrate_thresholds(
+                detector, stack, self.val_subjects, cfg.threshold_percentile, cfg.adaptation, log=self.progress.message
+            )
+            card.adaptation = AdaptationDefaults(settings=cfg.adaptation, enabled=cfg.adapt_by_default, thresholds=adapted)
             card.fidelity = {
                 "l1_per_level": reconstruction_fidelity(detector, stack, self.val_subjects),
                 "measured_on": f"brain pixels of {len(stack.rows_of(self.val_subjects))} validation slices",
             }
-            self.progress.event("calibrated", threshold=card.threshold.value, percentile=card.threshold.percentile)
+            self.progress.event(
+                "calibrated", score_map=cfg.score_map, threshold=card.thresholds[cfg.score_map], percentile=cfg.threshold_percentile
+            )
             best = {}
             for record in history:
                 key = f"level{record['level']}"
@@ -510,8 +496,8 @@ class Trainer:
                     "subjects": len(self.cases),
                     "train_subjects": self.train_subjects,
                     "val_subjects": self.val_subjects,
-                    "train_slices": int(len(stack.rows_of(self.train_subjects))),
-                    "val_slices": int(len(stack.rows_of(self.val_subjects))),
+                    "train_slices": len(stack.rows_of(self.train_subjects)),
+                    "val_slices": len(stack.rows_of(self.val_subjects)),
                     "lesion_voxels_excluded_from_loss": stack.excluded_voxels,
                 },
                 "optimizer": f"Adam, learning rate {cfg.learning_rate}, batch size {cfg.batch_size}",
@@ -529,7 +515,7 @@ class Trainer:
             card.versions = current_versions()
             save_model(model, card, self.output, overwrite=True)
             self.resume_path.unlink(missing_ok=True)
-            self.progress.event("done", model=str(self.output), duration_s=round(elapsed, 1), threshold=card.threshold.value)
+            self.progress.event("done", model=str(self.output), duration_s=round(elapsed, 1), threshold=card.thresholds[cfg.score_map])
         self.dist.barrier()
         return self.output
 

@@ -7,8 +7,10 @@ bare numpy array on the way in or out without carrying the SimpleITK geometry al
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ import SimpleITK as sitk
 from .errors import SSAEError
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+MIN_SIDE = 4  # voxels along every axis: less is no brain volume, and breaks the multi-resolution steps
 GEOMETRY_TOLERANCE = 1e-3  # mm for origin/spacing, and for direction cosines
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -35,7 +38,12 @@ def volume_stem(path: Path) -> str:
 
 
 def read_volume(path: str | os.PathLike[str], what: str = "image") -> sitk.Image:
-    """Read a 3D scalar volume from any file SimpleITK reads, or from a DICOM series folder."""
+    """Read a 3D scalar volume from any file SimpleITK reads, or from a DICOM series folder.
+
+    NIfTI files are checked byte by byte first (:func:`check_nifti_payload`): ITK's NIfTI reader
+    fills a truncated file's missing voxels with zeros and turns NaN voxels into zeros, so
+    neither would be noticed otherwise.
+    """
     path = Path(path)
     if not path.exists():
         raise SSAEError(f"{what} not found: {path}")
@@ -50,12 +58,80 @@ def read_volume(path: str | os.PathLike[str], what: str = "image") -> sitk.Image
             reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
             image = reader.Execute()
         else:
+            if path.name.lower().endswith((".nii", ".nii.gz")):
+                check_nifti_payload(path, what)
             image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
-        raise SSAEError(f"cannot read {what} {path}: {first_line}") from None
+        raise SSAEError(f"cannot read {what} {path}: {_itk_reason(exc)}") from None
     check_volume(image, f"{what} {path.name}")
     return image
+
+
+def _itk_reason(exc: Exception) -> str:
+    """The informative line of an ITK exception (its last non-empty line, without the C++ location)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    reason = lines[-1] if lines else "unknown reason"
+    reason = reason.split(": ", 1)[-1] if reason.startswith(("itk::", "sitk::")) else reason
+    if "No such file" in reason or "Could not create IO object" in reason:  # ITK's words for an unreadable existing file
+        return "the file is truncated, corrupt or not a volume ITK can read"
+    return reason
+
+
+# NIfTI datatype code -> numpy dtype (the scalar types SimpleITK reads as a scalar volume)
+_NIFTI_DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8", 1280: "u8"}
+
+
+def check_nifti_payload(path: Path, what: str = "image") -> None:
+    """Refuse a NIfTI file whose voxel data are incomplete, or whose float voxels are not finite.
+
+    Reads the whole file (decompressing a ``.nii.gz`` to the end of its gzip stream), compares
+    its length with what the header declares, and checks float voxels for NaN and infinity.
+    """
+    import gzip
+    import zlib
+
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path, "rb") as handle:
+                data = handle.read()
+        else:
+            data = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise SSAEError(f"cannot read {what} {path.name}: the file is truncated or corrupt ({exc}); copy it again from its source") from None
+    header = _nifti_header(data)
+    if header is None:
+        return  # not a NIfTI header we know: ITK will say what it thinks of the file
+    offset, shape, dtype = header
+    expected = offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if len(data) < expected:
+        raise SSAEError(
+            f"{what} {path.name} is truncated: its header declares {expected:,} bytes but the file holds {len(data):,}; "
+            "copy it again from its source"
+        )
+    if np.dtype(dtype).kind == "f":
+        voxels = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=offset)
+        bad = int(voxels.size - np.count_nonzero(np.isfinite(voxels)))
+        if bad:
+            everything = " (all of them)" if bad == voxels.size else ""
+            raise SSAEError(f"{what} {path.name} has {bad:,} NaN or infinite voxels{everything}; a finite volume is needed")
+
+
+def _nifti_header(data: bytes) -> tuple[int, tuple[int, ...], str] | None:
+    """Data offset, shape and numpy dtype from a NIfTI-1 or NIfTI-2 header (None if not NIfTI)."""
+    for order in "<>":
+        if len(data) >= 348 and np.frombuffer(data, f"{order}i4", 1, 0)[0] == 348:
+            dims = np.frombuffer(data, f"{order}i2", 8, 40)
+            code, offset = int(np.frombuffer(data, f"{order}i2", 1, 70)[0]), int(np.frombuffer(data, f"{order}f4", 1, 108)[0])
+        elif len(data) >= 540 and np.frombuffer(data, f"{order}i4", 1, 0)[0] == 540:
+            dims = np.frombuffer(data, f"{order}i8", 8, 16)
+            code, offset = int(np.frombuffer(data, f"{order}i2", 1, 12)[0]), int(np.frombuffer(data, f"{order}i8", 1, 168)[0])
+        else:
+            continue
+        if code not in _NIFTI_DTYPES or not 1 <= dims[0] <= 7:
+            return None
+        shape = tuple(max(int(d), 1) for d in dims[1 : int(dims[0]) + 1])
+        return offset, shape, order + _NIFTI_DTYPES[code]
+    return None
 
 
 def check_volume(image: sitk.Image, what: str = "image") -> None:
@@ -73,6 +149,8 @@ def check_volume(image: sitk.Image, what: str = "image") -> None:
         raise SSAEError(f"{what} contains NaN or infinite voxels")
     if array.min() == array.max():
         raise SSAEError(f"{what} is empty or constant (every voxel is {array.flat[0]})")
+    if min(size) < MIN_SIDE:
+        raise SSAEError(f"{what} has size {size}: too small for a brain MRI volume (at least {MIN_SIDE} voxels along every axis)")
 
 
 def same_geometry(a: sitk.Image, b: sitk.Image, tolerance: float = GEOMETRY_TOLERANCE) -> bool:
@@ -90,10 +168,14 @@ def read_mask(path: str | os.PathLike[str], reference: sitk.Image, what: str) ->
     path = Path(path)
     if not path.exists():
         raise SSAEError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise SSAEError(f"{what} {path} is a folder; give the mask file")
     try:
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            check_nifti_payload(path, what)
         mask = sitk.ReadImage(str(path))
-    except RuntimeError:
-        raise SSAEError(f"cannot read {what} {path}") from None
+    except RuntimeError as exc:
+        raise SSAEError(f"cannot read {what} {path}: {_itk_reason(exc)}") from None
     if mask.GetDimension() != 3 or mask.GetNumberOfComponentsPerPixel() != 1:
         raise SSAEError(f"{what} {path.name} is not a 3D scalar volume")
     if not same_geometry(mask, reference):
@@ -115,43 +197,121 @@ def _fmt(values: tuple[float, ...]) -> str:
 def atomic_path(path: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; move it into place only if the block succeeds.
 
-    A crash or an exception leaves neither a half-written ``path`` nor the temporary file.
+    A crash or an exception leaves neither a half-written ``path`` nor the temporary file. The
+    temporary file is flushed to disk before the rename, so a full disk is an error here and
+    never a truncated file under the final name.
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise SSAEError(f"{path} already exists; pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) or ".tmp"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
-    os.close(fd)
+    with os_errors(f"cannot write {path}"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        suffix = "".join(path.suffixes[-2:]) or ".tmp"
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give outputs the usual mode
-        os.replace(tmp, path)
+        with os_errors(f"cannot write {path}"):
+            _flush_to_disk(tmp)
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give outputs the usual mode
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def _flush_to_disk(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def os_errors(action: str) -> Iterator[None]:
+    """Turn the operating system's refusal (full disk, read-only or missing folder, no
+    permission) into an :class:`SSAEError` that says what could not be done and why."""
+    try:
+        yield
+    except OSError as exc:
+        reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded", errno.EROFS: "the file system is read-only"}.get(
+            exc.errno or 0, exc.strerror or str(exc)
+        )
+        raise SSAEError(f"{action}: {reason}") from None
+
+
+def check_output_folder(folder: Path, needed_bytes: int = 0) -> None:
+    """Before any work: the output folder is (or can become) a writable folder with room.
+
+    Nothing is created: the probe writes and removes a temporary file in the folder, or in its
+    nearest existing parent when the folder does not exist yet. ``needed_bytes`` is an estimate
+    of what will be written (uncompressed, so an upper bound).
+    """
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "the output folder" if existing == folder else f"{existing}, a parent of the output folder,"
+        raise SSAEError(f"{what} {folder if existing == folder else ''}is a file; choose a folder".replace("  ", " "))
+    with os_errors(f"cannot write into {folder}"):
+        fd, probe = tempfile.mkstemp(prefix=".ssae-write-test-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+        free = shutil.disk_usage(existing).free
+    if needed_bytes and free < needed_bytes:
+        raise SSAEError(
+            f"not enough free space for {folder}: about {needed_bytes / 1e6:.0f} MB are needed, {free / 1e6:.0f} MB are free"
+        )
+
+
+def volume_bytes(image: sitk.Image) -> int:
+    """Uncompressed size of a volume (an upper bound of what writing it takes)."""
+    return int(np.prod(image.GetSize())) * image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent()
+
+
 def write_volume(image: sitk.Image, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
-    """Write ``image`` atomically; compressed formats use a fast compression level."""
+    """Write ``image`` atomically and verify it; compressed formats use a fast compression level.
+
+    ITK's writers do not report every write error (a full disk can leave a truncated gzip
+    stream behind and no error), so the file is read back and compared voxel for voxel before
+    it gets its final name.
+    """
     path = Path(path)
     with atomic_path(path, overwrite) as tmp:
         compress = path.name.lower().endswith((".nii.gz", ".nrrd", ".mha"))
-        sitk.WriteImage(image, str(tmp), useCompression=compress, compressionLevel=1)
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=compress, compressionLevel=1)
+            _flush_to_disk(tmp)
+            written = sitk.ReadImage(str(tmp))
+            if path.name.lower().endswith((".nii", ".nii.gz")):
+                check_nifti_payload(tmp, "written file")
+            complete = written.GetSize() == image.GetSize() and np.array_equal(
+                sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(image), equal_nan=True
+            )
+        except (RuntimeError, SSAEError, OSError):
+            complete = False
+        if not complete:
+            free = shutil.disk_usage(path.parent).free
+            raise SSAEError(f"writing {path} failed: the file on disk is incomplete ({free / 1e6:.0f} MB free; is the disk full?)")
     return path
+
+
+def json_text(data: Any) -> str:
+    """JSON without NaN or infinity (not JSON at all): undefined values must be None (null)."""
+    try:
+        return json.dumps(data, indent=2, allow_nan=False) + "\n"
+    except ValueError:
+        raise AssertionError("a NaN or infinite number reached a JSON file; it must be written as null") from None
 
 
 def write_json(data: Any, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
-    path = Path(path)
-    with atomic_path(path, overwrite) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    return path
+    return write_text(json_text(data), path, overwrite)
 
 
 def write_text(text: str, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
     path = Path(path)
-    with atomic_path(path, overwrite) as tmp:
+    with atomic_path(path, overwrite) as tmp, os_errors(f"cannot write {path}"):
         tmp.write_text(text, encoding="utf-8")
     return path
 

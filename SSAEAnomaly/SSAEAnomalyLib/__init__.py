@@ -1,6 +1,11 @@
-"""SSAEAnomaly's scene adapters: everything but the widgets, testable on a bare MRML scene."""
+"""SSAEAnomaly's scene adapters: everything but the widgets, testable on a bare MRML scene.
 
-from .logic import AnomalyLogic, DetectionJob, show_in_slice_views
+Nothing here imports PyTorch: a factory Slicer shows the module's panel (and its offer to
+install the engine's packages) before PyTorch exists.
+"""
+
+from .jobs import DetectionJob, JobInputs, ScanInput
+from .logic import AnomalyLogic, show_in_slice_views
 from .parameters import AnomalyParameters
 from .volumes import image_from_volume_node, update_volume_node_from_image
 
@@ -8,6 +13,8 @@ __all__ = [
     "AnomalyLogic",
     "AnomalyParameters",
     "DetectionJob",
+    "JobInputs",
+    "ScanInput",
     "image_from_volume_node",
     "show_in_slice_views",
     "update_volume_node_from_image",

@@ -8,14 +8,24 @@ from PyPI with Slicer's own pip helper. Nothing is installed without a yes from 
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 PIP_PACKAGES = {"safetensors": "safetensors>=0.4", "scipy": "scipy>=1.10", "matplotlib": "matplotlib>=3.7"}
 
 
+def installed(name: str) -> bool:
+    """Whether ``import name`` would find the package (without importing it)."""
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def missing_packages() -> list[str]:
     """Import names of required packages that are not installed (``torch`` first if missing)."""
-    names = ["torch", *PIP_PACKAGES]
-    return [name for name in names if importlib.util.find_spec(name) is None]
+    return [name for name in ("torch", *PIP_PACKAGES) if not installed(name)]
 
 
 def ensure_engine_dependencies(ask: bool = True) -> bool:
@@ -48,7 +58,7 @@ def ensure_engine_dependencies(ask: bool = True) -> bool:
 
 def device_description() -> str:
     """What the UI shows about where the networks will run."""
-    if importlib.util.find_spec("torch") is None:
+    if not installed("torch"):
         return "PyTorch is not installed yet (you will be asked before it is)."
     import torch
 

@@ -1,39 +1,49 @@
-"""SSAEAnomaly's logic on a bare MRML scene: detect, show, threshold, export.
+"""SSAEAnomaly's logic on a bare MRML scene: detect, show, threshold, export, batch.
 
 No Qt and no widgets: the module's widget, the Slicer self-test, the Python console and the
-pytest suite (on ``slicer-core``) all drive this class. Detection runs either in this process
-(:meth:`AnomalyLogic.detect`, for scripts and tests) or as a background ``ssae detect`` process
-(:meth:`AnomalyLogic.start_detection` / :meth:`AnomalyLogic.load_detection`, for the GUI).
+pytest suite (on ``slicer-core``) all drive this class. Importing it needs neither PyTorch nor
+safetensors (a factory Slicer must show the panel and offer to install them); the deep-learning
+parts are imported where a detection runs in this process.
+
+Detection runs either here (:meth:`AnomalyLogic.detect`, for scripts and tests) or as a
+background ``ssae detect`` process (:meth:`AnomalyLogic.start_detection` /
+:meth:`AnomalyLogic.load_detection`, for the GUI). A background job carries its own inputs
+(:mod:`.jobs`): its results are named after, and attached to, the volume it processed, with the
+thresholds of the model it ran, whatever the panel shows when it ends. Several volumes or a
+folder of scans run as one cohort job (:meth:`AnomalyLogic.start_batch_detection`).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import SimpleITK as sitk
 import slicer
+import vtk
 
 from ssae.background import BackgroundCommand
-from ssae.checkpoint import read_model_card
-from ssae.detection import Detector
+from ssae.card_file import adapted_thresholds, card_thresholds, describe_card, read_card
 from ssae.errors import SSAEError
-from ssae.volume_io import atomic_path, check_volume, read_volume
+from ssae.lesions import LesionTable
+from ssae.maps import map_order, map_title
+from ssae.volume_io import atomic_path, check_volume, read_volume, write_text
 
+from .jobs import DetectionJob, JobInputs, ScanInput
 from .parameters import AnomalyParameters
 from .results import (
-    LesionRows,
     add_atlas_transform,
     add_lesion_segmentation,
     add_score_volume,
     ensure_segment,
     fill_lesion_table,
-    map_title,
+    move_into_folder,
+    place_under_input_study,
     segment_id_of,
     segment_name,
     style_score_volume,
@@ -44,16 +54,8 @@ from .volumes import array_from_volume_node, image_from_volume_node
 LABELMAP_SUFFIXES = (".nrrd", ".nii.gz", ".nii")
 
 
-@dataclass
-class DetectionJob:
-    """A background ``ssae detect`` run and the folder it works in."""
-
-    command: BackgroundCommand
-    workdir: Path
-    input_name: str
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
+def level_sizes(card: dict) -> dict[str, int]:
+    return {f"level{k}": card["architecture"]["size"] >> k for k in range(card["architecture"]["levels"])}
 
 
 class AnomalyLogic:
@@ -61,7 +63,8 @@ class AnomalyLogic:
 
     def __init__(self, scene) -> None:
         self.scene = scene
-        self._detectors: dict[tuple[str, str], Detector] = {}
+        self._detectors: dict[tuple[str, str], object] = {}
+        self._card_cache: dict[tuple[str, float], dict] = {}
         self.registration: dict | None = None  # quality report of the last atlas registration, if any
 
     @property
@@ -79,44 +82,51 @@ class AnomalyLogic:
         except SSAEError:
             return ""
 
-    @staticmethod
-    def model_summary(path: str) -> str:
-        """What the "Model" section shows: training data, input size, levels, threshold."""
-        card = read_model_card(path)
-        data = card.get("training", {}).get("data", {})
-        lines = [
-            f"{card['name']} ({card['parameters']:,} parameters), expects {card.get('modality', 'FLAIR')}",
-            f"Input: {card['preprocessing']['size']} px slices, {card['architecture']['levels']} pyramid level(s); aggregated levels {card['aggregated_levels']}",
-            f"Trained on: {data.get('source', 'unknown')} ({data.get('subjects', '?')} subjects, {data.get('train_slices', '?')} slices)",
-            f"Calibrated threshold: {card['threshold']['value']:.4g} ({card['threshold']['method']})",
-        ]
-        return "\n".join(lines)
+    def model_card(self, path: str) -> dict:
+        """The verified card of a model file, read once per file version (the panel asks often)."""
+        key = (str(Path(path).resolve()), Path(path).stat().st_mtime if Path(path).exists() else 0.0)
+        if key not in self._card_cache:
+            self._card_cache = {key: read_card(path)}
+        return self._card_cache[key]
 
-    def _detector(self, model_path: str, device: str) -> Detector:
-        key = (str(Path(model_path).resolve()), device)
-        if key not in self._detectors:
-            self._detectors = {key: Detector.from_file(model_path, device)}
-        return self._detectors[key]
+    def model_summary(self, path: str) -> str:
+        """What the "Model" section shows: the model card, for people."""
+        return describe_card(self.model_card(path))
+
+    def adapt_by_default(self, card: dict) -> bool:
+        adaptation = card.get("adaptation") or {}
+        return bool(adaptation.get("enabled"))
+
+    def _adapt(self, card: dict) -> bool:
+        choice = self.parameters.adapt
+        return self.adapt_by_default(card) if choice == "model" else choice == "on"
 
     # inputs -------------------------------------------------------------------------------------
-    def _inputs(self) -> tuple[object, sitk.Image, sitk.Image | None, str]:
+    def _model(self) -> tuple[str, dict]:
+        model_path = self.parameters.model_path or self.default_model_path()
+        if not model_path:
+            raise SSAEError("select a model file")
+        return model_path, self.model_card(model_path)  # refuses foreign or damaged files before any work
+
+    def _volume_image(self, volume) -> sitk.Image:
+        image = image_from_volume_node(volume)
+        check_volume(image, f"volume {volume.GetName()}")
+        return image
+
+    def _inputs(self) -> tuple[object, sitk.Image, sitk.Image | None, str, dict]:
         params = self.parameters
         volume = params.input_volume
         if volume is None:
             raise SSAEError("select an input FLAIR volume")
-        image = image_from_volume_node(volume)
-        check_volume(image, f"volume {volume.GetName()}")
+        image = self._volume_image(volume)
         mask = None
         if params.brain_mask is not None:
             mask = sitk.Cast(image_from_volume_node(params.brain_mask) > 0, sitk.sitkUInt8)
             if mask.GetSize() != image.GetSize():
                 raise SSAEError(f"brain mask {params.brain_mask.GetName()} does not have the input volume's geometry")
             mask.CopyInformation(image)
-        model_path = params.model_path or self.default_model_path()
-        if not model_path:
-            raise SSAEError("select a model file")
-        read_model_card(model_path)  # refuses foreign or damaged files before any work
-        return volume, image, mask, model_path
+        model_path, card = self._model()
+        return volume, image, mask, model_path, card
 
     # detection in this process ------------------------------------------------------------------
     def detect(
@@ -124,100 +134,229 @@ class AnomalyLogic:
         replace_previous: bool = False,
         progress: Callable[[float, str], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
-    ) -> LesionRows:
+    ) -> LesionTable:
         """Run the model on the input volume and show the results (blocks until done)."""
-        volume, image, mask, model_path = self._inputs()
+        volume, image, mask, model_path, card = self._inputs()
         detector = self._detector(model_path, self.parameters.device)
-        result = detector.detect(image, mask, scales=True, progress=progress, should_cancel=should_cancel)
-        maps = {"aggregated": result.aggregated, **{f"level{k}": img for k, img in result.scales.items()}}
+        adapt = self._adapt(card)
+        adaptation = None
+        if adapt:
+            from ssae.defaults import DEFAULT_ADAPTATION
+
+            adaptation = detector.card.adaptation.settings if detector.card.adaptation else DEFAULT_ADAPTATION
+        result = detector.detect(image, mask, scales=True, progress=progress, should_cancel=should_cancel, adaptation=adaptation)
         alignment = result.prepared.alignment
         self.registration = alignment.quality.to_dict() if alignment else None
-        rows = self.show_results(volume, maps, model_path, replace_previous)
+        lesions = self.show_results(volume, result.maps, card, adapt, replace_previous)
         if alignment is not None:
-            add_atlas_transform(self.scene, alignment.transform, f"{volume.GetName()} atlas to scan")
-        return rows
+            self._add_transform(volume, alignment.transform)
+        return lesions
+
+    def _detector(self, model_path: str, device: str):
+        from ssae.detection import Detector  # PyTorch is needed from here on
+
+        key = (str(Path(model_path).resolve()), device)
+        if key not in self._detectors:
+            self._detectors = {key: Detector.from_file(model_path, device)}
+        return self._detectors[key]
 
     # detection in a background process ----------------------------------------------------------
+    def _command_args(self, inputs: JobInputs, source: Path, output: Path, progress_log: Path) -> list[str]:
+        args = ["detect", inputs.model_path, str(source), "-o", str(output), "--format", "nrrd", "--device", inputs.device]
+        args += ["--progress-log", str(progress_log), "--adapt" if inputs.adapt else "--no-adapt"]
+        if inputs.score_map:
+            args += ["--score-map", inputs.score_map]
+        return args
+
     def start_detection(self, python: str | None = None, env: dict[str, str] | None = None) -> DetectionJob:
         """Write the input to a temporary folder and start ``ssae detect`` on it."""
-        volume, image, mask, model_path = self._inputs()
+        volume, image, mask, model_path, card = self._inputs()
         workdir = Path(tempfile.mkdtemp(prefix="ssae-detect-"))
         sitk.WriteImage(image, str(workdir / "input.nrrd"))
-        args = [
-            "detect",
-            model_path,
-            str(workdir / "input.nrrd"),
-            "-o",
-            str(workdir / "out"),
-            "--format",
-            "nrrd",
-            "--device",
-            self.parameters.device,
-            "--progress-log",
-            str(workdir / "progress.jsonl"),
-        ]
+        mask_path = None
         if mask is not None:
-            sitk.WriteImage(mask, str(workdir / "brain_mask.nrrd"))
-            args += ["--brain-mask", str(workdir / "brain_mask.nrrd")]
+            mask_path = workdir / "brain_mask.nrrd"
+            sitk.WriteImage(mask, str(mask_path))
+        scan = ScanInput("input", workdir / "input.nrrd", volume.GetID(), volume.GetName(), mask_path)
+        inputs = JobInputs((scan,), model_path, card, self._adapt(card), self.parameters.device, self._job_score_map(card))
+        args = self._command_args(inputs, scan.image, workdir / "out", workdir / "progress.jsonl")
+        if mask_path is not None:
+            args += ["--brain-mask", str(mask_path)]
         command = BackgroundCommand(args, python=python, env=env, progress_log=workdir / "progress.jsonl")
         command.start()
-        return DetectionJob(command=command, workdir=workdir, input_name=volume.GetName())
+        return DetectionJob(command=command, workdir=workdir, inputs=inputs, output=workdir / "out")
 
-    def load_detection(self, job: DetectionJob, replace_previous: bool = False) -> LesionRows:
-        """Load a finished background detection into the scene and remove its folder."""
+    def _job_score_map(self, card: dict) -> str:
+        """The map that draws the mask for a new run: the panel's choice if this model has it."""
+        chosen = self.parameters.score_map
+        return chosen if chosen in card_thresholds(card) and not chosen.startswith("level") else ""
+
+    def load_detection(self, job: DetectionJob, replace_previous: bool = False) -> LesionTable:
+        """Load a finished single-scan job into the scene, against the job's own inputs."""
         try:
-            out = job.workdir / "out"
-            files = [out / "input_aggregated.nrrd", *sorted(out.glob("input_level*.nrrd"))]
-            if not files[0].exists():
-                raise SSAEError("the detection process wrote no results")
-            maps = {p.name[len("input_") : -len(".nrrd")]: read_volume(p, "result") for p in files}
-            summary = json.loads((out / "input_summary.json").read_text(encoding="utf-8"))
-            self.registration = summary.get("registration")
-            volume, _, _, model_path = self._inputs()
-            rows = self.show_results(volume, maps, model_path, replace_previous)
-            transform = out / "input_atlas_to_scan.tfm"
-            if transform.exists():
-                add_atlas_transform(self.scene, sitk.ReadTransform(str(transform)), f"{volume.GetName()} atlas to scan")
-            return rows
+            scan = job.inputs.scans[0]
+            return self._load_scan_results(job.inputs, scan, job.output, "input", replace_previous)
         finally:
             job.cleanup()
 
+    def _load_scan_results(self, inputs: JobInputs, scan: ScanInput, folder: Path, stem: str, replace_previous: bool) -> LesionTable:
+        volume = self.scene.GetNodeByID(scan.volume_id)
+        if volume is None or volume.GetName() != scan.volume_name:
+            raise SSAEError(f"the volume {scan.volume_name!r} that was processed is no longer in the scene; its results were not loaded")
+        maps = {p.name[len(stem) + 1 : -len(".nrrd")]: read_volume(p, "result") for p in sorted(folder.glob(f"{stem}_*.nrrd"))}
+        maps = {name: image for name, image in maps.items() if name not in ("lesion_mask", "brainmask")}
+        if "aggregated" not in maps:
+            raise SSAEError("the detection process wrote no results")
+        summary = _read_json(folder / f"{stem}_summary.json")
+        self.registration = summary.get("registration")
+        lesions = self.show_results(volume, maps, inputs.card, inputs.adapt, replace_previous, summary.get("score_map"))
+        transform = folder / f"{stem}_atlas_to_scan.tfm"
+        if transform.exists():
+            self._add_transform(volume, sitk.ReadTransform(str(transform)))
+        return lesions
+
+    def _add_transform(self, volume, transform: sitk.Transform) -> None:
+        """The atlas-to-scan transform as a node, in the results' subject-hierarchy folder."""
+        node = add_atlas_transform(self.scene, transform, f"{volume.GetName()} atlas to scan")
+        self.parameters.atlas_transform = node
+        item = int(self.parameters.node.GetParameter("resultsFolderItem") or 0)
+        if item:
+            move_into_folder(self.scene, node, item)
+
+    # batches -------------------------------------------------------------------------------------
+    def start_batch_detection(
+        self,
+        volumes: list | None = None,
+        folder: str | os.PathLike[str] | None = None,
+        output_folder: str | os.PathLike[str] | None = None,
+        python: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> DetectionJob:
+        """One background ``ssae detect`` over several loaded volumes, or over a folder of scans.
+
+        Loaded volumes are written to a temporary folder and listed in a CSV manifest; their
+        results come back into the scene. A folder's results stay in ``output_folder`` (one
+        result folder per scan and ``cohort.csv``); the cohort table comes into the scene.
+        """
+        model_path, card = self._model()
+        if (volumes is None) == (folder is None):
+            raise SSAEError("give either loaded volumes or a folder of scans")
+        workdir = Path(tempfile.mkdtemp(prefix="ssae-batch-"))
+        scans = []
+        if volumes is not None:
+            if not volumes:
+                raise SSAEError("select at least one volume")
+            rows = ["case,image"]
+            for index, volume in enumerate(volumes):
+                image = self._volume_image(volume)
+                case = f"scan{index + 1:03d}"
+                path = workdir / f"{case}.nrrd"
+                sitk.WriteImage(image, str(path))
+                scans.append(ScanInput(case, path, volume.GetID(), volume.GetName()))
+                rows.append(f"{case},{path.name}")
+            source = workdir / "scans.csv"
+            source.write_text("\n".join(rows) + "\n", encoding="utf-8")
+            output, keep = workdir / "out", False
+        else:
+            source = Path(folder)
+            if not source.exists():
+                raise SSAEError(f"folder not found: {source}")
+            if output_folder is None:
+                raise SSAEError("choose a folder for the results of a folder of scans")
+            output, keep = Path(output_folder), True
+            if (output / "cohort.csv").exists():
+                raise SSAEError(f"{output} already holds a cohort.csv; choose another folder")
+        inputs = JobInputs(tuple(scans), model_path, card, self._adapt(card), self.parameters.device, self._job_score_map(card))
+        command = BackgroundCommand(self._command_args(inputs, source, output, workdir / "progress.jsonl"), python, env, workdir / "progress.jsonl")
+        command.start()
+        return DetectionJob(command=command, workdir=workdir, inputs=inputs, output=output, cohort=True, keep_output=keep)
+
+    def load_batch(self, job: DetectionJob) -> list[dict[str, str]]:
+        """The cohort table into the scene (and each loaded volume's results); returns its rows."""
+        try:
+            rows = job.cohort_rows()
+            if not rows:
+                raise SSAEError("the batch wrote no cohort table")
+            self.parameters.cohort_table = self._cohort_table_node(rows, job.inputs)
+            for scan in job.inputs.scans:
+                row = next((r for r in rows if r["case"] == scan.case), None)
+                if row is not None and row["status"] == "ok":
+                    self._load_scan_results(job.inputs, scan, job.output / scan.case, scan.case, replace_previous=False)
+            return rows
+        finally:
+            job.cleanup()  # the temporary folder; a folder of scans' results stay where the user put them
+
+    def _cohort_table_node(self, rows: list[dict[str, str]], inputs: JobInputs):
+        names = {scan.case: scan.volume_name for scan in inputs.scans}
+        node = self.scene.AddNewNodeByClass("vtkMRMLTableNode", self.scene.GenerateUniqueName("SSAE cohort"))
+        columns = ["case", "volume", "status", "lesion_count", "total_volume_ml", "threshold", "adapted", "registration_check", "warnings", "error"]
+        table = node.GetTable()
+        for column in columns:
+            array = vtk.vtkStringArray()
+            array.SetName(column)
+            table.AddColumn(array)
+        for row in rows:
+            values = {**row, "volume": names.get(row["case"], row.get("image", ""))}
+            table.InsertNextBlankRow()
+            for index, column in enumerate(columns):
+                table.SetValue(table.GetNumberOfRows() - 1, index, vtk.vtkVariant(str(values.get(column, ""))))
+        node.Modified()
+        return node
+
     # results in the scene --------------------------------------------------------------------------
-    def show_results(self, volume, maps: dict[str, sitk.Image], model_path: str, replace_previous: bool = False) -> LesionRows:
-        """Score volumes, lesion segmentation and table for ``maps`` (name -> image on the input grid)."""
+    def show_results(
+        self,
+        volume,
+        maps: dict[str, sitk.Image],
+        card: dict,
+        adapted: bool,
+        replace_previous: bool = False,
+        score_map: str | None = None,
+    ) -> LesionTable:
+        """Score volumes, lesion segmentation and table for ``maps`` (name -> image on the input grid).
+
+        ``card`` and ``adapted`` are those of the run that made the maps: they give the names
+        and the thresholds. All parameter writes are one batch: the panel refreshes once.
+        """
         params = self.parameters
-        if replace_previous:
-            self.remove_results()
-        card = read_model_card(model_path)
-        sizes = {f"level{k}": card["architecture"]["size"] >> k for k in range(card["architecture"]["levels"])}
-        thresholds = {"aggregated": float(card["threshold"]["value"]), **{k: float(v) for k, v in card.get("level_thresholds", {}).items()}}
-        segmentation = add_lesion_segmentation(self.scene, volume, f"{volume.GetName()} anomalies")
-        params.segmentation = segmentation
-        table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", self.scene.GenerateUniqueName(f"{volume.GetName()} lesions"))
-        params.statistics_table = table
-        for name in list(params.result_maps()):
-            params.set_result_volume(name, None)
-        rows = None
-        for name, image in maps.items():
-            threshold = thresholds.get(name, thresholds["aggregated"])
-            node = add_score_volume(self.scene, volume, image, f"{volume.GetName()} anomaly {map_title(name, sizes)}", threshold)
-            node.SetAttribute("SSAE.calibratedThreshold", repr(threshold))
-            params.set_result_volume(name, node)
-            params.set_threshold_of(name, threshold)
-            segment_id = ensure_segment(segmentation, name, segment_name(name, sizes))
-            lesions = update_segment(segmentation, segment_id, node, threshold, params.min_lesion_mm3)
-            if name == params.score_map or (rows is None and name == "aggregated"):
-                rows = lesions
-        if params.score_map not in maps:
-            params.score_map = "aggregated"
-        assert rows is not None
-        fill_lesion_table(table, rows)
-        self._show_only_selected_segment()
-        show_in_slice_views(self.scene, volume, params.result_volume(params.score_map))
-        return rows
+        sizes = level_sizes(card)
+        thresholds = card_thresholds(card)
+        if adapted:
+            thresholds.update(adapted_thresholds(card))
+        names = sorted(maps, key=map_order)
+        chosen = score_map or card.get("score_map", "aggregated")
+        chosen = chosen if chosen in maps else "aggregated"
+        with params.batch():
+            if replace_previous:
+                self.remove_results()
+            segmentation = add_lesion_segmentation(self.scene, volume, f"{volume.GetName()} anomalies")
+            table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", self.scene.GenerateUniqueName(f"{volume.GetName()} lesions"))
+            for name in list(params.result_maps()):
+                params.set_result_volume(name, None)
+            params.segmentation, params.statistics_table = segmentation, table
+            nodes, lesions = [segmentation, table], None
+            for name in names:
+                threshold = thresholds.get(name, thresholds.get("aggregated", 0.0))
+                node = add_score_volume(self.scene, volume, maps[name], f"{volume.GetName()} anomaly {map_title(name, sizes)}", threshold)
+                node.SetAttribute("SSAE.calibratedThreshold", repr(threshold))
+                params.set_threshold_of(name, threshold)
+                params.set_result_volume(name, node)
+                nodes.append(node)
+                segment_id = ensure_segment(segmentation, name, segment_name(name, sizes))
+                found = update_segment(segmentation, segment_id, node, threshold, params.min_lesion_mm3)
+                if name == chosen:
+                    lesions = found
+            params.score_map = chosen
+            assert lesions is not None
+            fill_lesion_table(table, lesions)
+            self._show_only_selected_segment()
+            item = place_under_input_study(self.scene, volume, nodes, f"{volume.GetName()} SSAE results")
+            params.node.SetParameter("resultsFolderItem", str(item))
+        show_in_slice_views(self.scene, volume, params.result_volume(chosen))
+        return lesions
 
     def _show_only_selected_segment(self) -> None:
-        """Overlapping segments of every scale would hide each other: show the selected map's."""
+        """Overlapping segments of every map would hide each other: show the selected map's."""
         params = self.parameters
         display = params.segmentation.GetDisplayNode()
         for name in params.result_maps():
@@ -226,9 +365,17 @@ class AnomalyLogic:
     def remove_results(self) -> None:
         """Remove the nodes of the last detection (only when the user asked to replace them)."""
         params = self.parameters
-        for node in [params.result_volume(n) for n in params.result_maps()] + [params.segmentation, params.statistics_table]:
-            if node is not None:
-                self.scene.RemoveNode(node)
+        nodes = [params.result_volume(n) for n in params.result_maps()] + [params.segmentation, params.statistics_table, params.atlas_transform]
+        with params.batch():
+            for node in nodes:
+                if node is not None:
+                    self.scene.RemoveNode(node)
+            item = int(params.node.GetParameter("resultsFolderItem") or 0)
+            if item:
+                hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
+                if hierarchy.GetNumberOfItemChildren(item) == 0:
+                    hierarchy.RemoveItem(item)
+                params.node.SetParameter("resultsFolderItem", "")
 
     def threshold_range(self, map_name: str | None = None) -> tuple[float, float]:
         """Slider range for a map: 0 to its maximum score (at least 1.5x its calibrated threshold)."""
@@ -240,22 +387,23 @@ class AnomalyLogic:
         calibrated = float(node.GetAttribute("SSAE.calibratedThreshold") or 0.0)
         return 0.0, max(top, 1.5 * calibrated, 1e-6)
 
-    def apply_threshold(self, threshold: float | None = None, map_name: str | None = None) -> LesionRows:
+    def apply_threshold(self, threshold: float | None = None, map_name: str | None = None) -> LesionTable:
         """Recompute one map's segment and the lesion table from its stored score volume."""
         params = self.parameters
         name = map_name or params.score_map
         node, segmentation, table = params.result_volume(name), params.segmentation, params.statistics_table
         if node is None or segmentation is None or table is None:
             raise SSAEError("run the detection first")
-        if threshold is not None:
-            params.set_threshold_of(name, threshold)
-        value = params.threshold_of(name)
-        style_score_volume(node, value)
-        rows = update_segment(segmentation, ensure_segment(segmentation, name, segment_name(name)), node, value, params.min_lesion_mm3)
-        if name == params.score_map:
-            fill_lesion_table(table, rows)
-            self._show_only_selected_segment()
-        return rows
+        with params.batch():
+            if threshold is not None:
+                params.set_threshold_of(name, threshold)
+            value = params.threshold_of(name) if params.has_threshold(name) else float(node.GetAttribute("SSAE.calibratedThreshold") or 0.0)
+            style_score_volume(node, value)
+            lesions = update_segment(segmentation, ensure_segment(segmentation, name, segment_name(name)), node, value, params.min_lesion_mm3)
+            if name == params.score_map:
+                fill_lesion_table(table, lesions)
+                self._show_only_selected_segment()
+        return lesions
 
     # export ---------------------------------------------------------------------------------------------
     def export_labelmap(self, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
@@ -287,10 +435,35 @@ class AnomalyLogic:
             raise SSAEError("segmentation files end with .seg.nrrd")
         return _write_with_storage_node(slicer.vtkMRMLSegmentationStorageNode(), params.segmentation, path, overwrite, self.scene)
 
+    def export_lesion_table(self, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+        """The lesion table of the map that drives the mask as CSV (the same columns as
+        ``ssae detect``'s ``*_lesions.csv``)."""
+        params = self.parameters
+        table = params.statistics_table
+        if table is None:
+            raise SSAEError("run the detection first")
+        path = Path(path)
+        if path.suffix.lower() != ".csv":
+            raise SSAEError("lesion tables are written as .csv")
+        return write_text(_table_csv(table.GetTable()), path, overwrite)
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def _table_csv(table) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["lesion", "volume_ml", "voxels", "centroid_r_mm", "centroid_a_mm", "centroid_s_mm"])
+    for row in range(table.GetNumberOfRows()):
+        values = [table.GetValue(row, column) for column in range(table.GetNumberOfColumns())]
+        lesion, ml, voxels, r, a, s = (v.ToDouble() for v in values)
+        writer.writerow([int(lesion), f"{ml:.4f}", int(voxels), f"{r:.2f}", f"{a:.2f}", f"{s:.2f}"])
+    return buffer.getvalue()
+
 
 def _string_array(values: list[str]):
-    import vtk
-
     array = vtk.vtkStringArray()
     for value in values:
         array.InsertNextValue(value)

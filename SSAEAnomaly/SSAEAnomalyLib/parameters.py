@@ -1,20 +1,28 @@
 """The SSAEAnomaly module's state, kept in a parameter node in the scene.
 
-Everything the user chose (input volume, brain mask, model file, device, which map drives the
-mask, threshold, minimum lesion size) and every result node lives in one
+Everything the user chose (input volume, brain mask, model file, device, adaptation, which
+map drives the mask, thresholds, minimum lesion size) and every result node lives in one
 ``vtkMRMLScriptedModuleNode``, so saving the scene and loading it again restores the module
 exactly. Values are stored as plain strings and node references, readable without Qt (this
 class is what the tests exercise on a bare scene) and by the widget alike.
+
+Writes that belong together go inside :meth:`AnomalyParameters.batch`, so observers (the
+panel) hear one ``Modified`` event per user action instead of one per value.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import slicer
 
 from ssae.errors import SSAEError
+from ssae.maps import is_map_name, map_order
 
 MODULE_NAME = "SSAEAnomaly"
 RESULT_VOLUME_ROLE = "resultVolume"  # one reference per map: resultVolume/aggregated, resultVolume/level0, ...
+ADAPT_CHOICES = ("model", "on", "off")  # "model": as the model card recommends
 
 
 def module_parameter_node(scene, module_name: str):
@@ -39,13 +47,23 @@ class AnomalyParameters:
     def of_scene(cls, scene) -> AnomalyParameters:
         return cls(module_parameter_node(scene, MODULE_NAME))
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group writes: observers get a single Modified event when the block ends."""
+        was_modifying = self.node.StartModify()
+        try:
+            yield
+        finally:
+            self.node.EndModify(was_modifying)
+
     # plain values ---------------------------------------------------------------------------
     def _get(self, name: str, default: str = "") -> str:
         value = self.node.GetParameter(name)
         return value if value else default
 
     def _set(self, name: str, value: str) -> None:
-        self.node.SetParameter(name, value)
+        if self.node.GetParameter(name) != value:
+            self.node.SetParameter(name, value)
 
     @property
     def model_path(self) -> str:
@@ -64,13 +82,24 @@ class AnomalyParameters:
         self._set("device", value)
 
     @property
+    def adapt(self) -> str:
+        """Scanner adaptation: ``model`` (as the model card recommends), ``on`` or ``off``."""
+        return self._get("adapt", "model")
+
+    @adapt.setter
+    def adapt(self, value: str) -> None:
+        if value not in ADAPT_CHOICES:
+            raise SSAEError(f"adaptation must be one of {', '.join(ADAPT_CHOICES)}, got {value!r}")
+        self._set("adapt", value)
+
+    @property
     def score_map(self) -> str:
-        """Which map drives the mask: ``aggregated`` or ``level0``, ``level1``, ..."""
-        return self._get("scoreMap", "aggregated")
+        """Which map drives the mask: ``prior``, ``aggregated``, ``level0``, ... (see :mod:`ssae.maps`)."""
+        return self._get("scoreMap", "")
 
     @score_map.setter
     def score_map(self, value: str) -> None:
-        if value != "aggregated" and not (value.startswith("level") and value[5:].isdigit()):
+        if not is_map_name(value):
             raise SSAEError(f"unknown score map {value!r}")
         self._set("scoreMap", value)
 
@@ -80,6 +109,9 @@ class AnomalyParameters:
         if not value:
             raise SSAEError(f"no threshold for {map_name}; run the detection first")
         return float(value)
+
+    def has_threshold(self, map_name: str) -> bool:
+        return bool(self._get(f"threshold/{map_name}"))
 
     def set_threshold_of(self, map_name: str, value: float) -> None:
         self._set(f"threshold/{map_name}", repr(float(value)))
@@ -93,49 +125,73 @@ class AnomalyParameters:
         self._set("minLesionMm3", repr(float(value)))
 
     # node references ------------------------------------------------------------------------
+    def _node(self, role: str):
+        return self.node.GetNodeReference(role)
+
+    def _set_node(self, role: str, node) -> None:
+        new_id = node.GetID() if node else None
+        if self.node.GetNodeReferenceID(role) != new_id:
+            self.node.SetNodeReferenceID(role, new_id)
+
     @property
     def input_volume(self):
-        return self.node.GetNodeReference("inputVolume")
+        return self._node("inputVolume")
 
     @input_volume.setter
     def input_volume(self, node) -> None:
-        self.node.SetNodeReferenceID("inputVolume", node.GetID() if node else None)
+        self._set_node("inputVolume", node)
 
     @property
     def brain_mask(self):
-        return self.node.GetNodeReference("brainMask")
+        return self._node("brainMask")
 
     @brain_mask.setter
     def brain_mask(self, node) -> None:
-        self.node.SetNodeReferenceID("brainMask", node.GetID() if node else None)
+        self._set_node("brainMask", node)
 
     @property
     def segmentation(self):
-        return self.node.GetNodeReference("segmentation")
+        return self._node("segmentation")
 
     @segmentation.setter
     def segmentation(self, node) -> None:
-        self.node.SetNodeReferenceID("segmentation", node.GetID() if node else None)
+        self._set_node("segmentation", node)
 
     @property
     def statistics_table(self):
-        return self.node.GetNodeReference("statisticsTable")
+        return self._node("statisticsTable")
 
     @statistics_table.setter
     def statistics_table(self, node) -> None:
-        self.node.SetNodeReferenceID("statisticsTable", node.GetID() if node else None)
+        self._set_node("statisticsTable", node)
+
+    @property
+    def atlas_transform(self):
+        return self._node("atlasTransform")
+
+    @atlas_transform.setter
+    def atlas_transform(self, node) -> None:
+        self._set_node("atlasTransform", node)
+
+    @property
+    def cohort_table(self):
+        return self._node("cohortTable")
+
+    @cohort_table.setter
+    def cohort_table(self, node) -> None:
+        self._set_node("cohortTable", node)
 
     def result_volume(self, map_name: str):
-        return self.node.GetNodeReference(f"{RESULT_VOLUME_ROLE}/{map_name}")
+        return self._node(f"{RESULT_VOLUME_ROLE}/{map_name}")
 
     def set_result_volume(self, map_name: str, node) -> None:
-        self.node.SetNodeReferenceID(f"{RESULT_VOLUME_ROLE}/{map_name}", node.GetID() if node else None)
+        self._set_node(f"{RESULT_VOLUME_ROLE}/{map_name}", node)
 
     def result_maps(self) -> list[str]:
-        """Names of the maps with a result volume, ``aggregated`` first, then by level."""
+        """Names of the maps with a result volume: aggregated, levels, prior, fused, flair."""
         names = []
         for index in range(self.node.GetNumberOfNodeReferenceRoles()):
             role = self.node.GetNthNodeReferenceRole(index)
             if role.startswith(RESULT_VOLUME_ROLE + "/") and self.node.GetNodeReference(role) is not None:
                 names.append(role.split("/", 1)[1])
-        return sorted(names, key=lambda n: (n != "aggregated", int(n[5:]) if n.startswith("level") else 0))
+        return sorted(names, key=map_order)

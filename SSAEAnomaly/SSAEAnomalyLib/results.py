@@ -1,12 +1,14 @@
 """Detection results as proper Slicer citizens.
 
-* one float volume per map (``<input> anomaly aggregated``, ``<input> anomaly level 0``, ...)
-  on the input's grid, shown with a heat colour map that is transparent below the map's
-  threshold;
+* one float volume per map (``<input> anomaly aggregated``, ``<input> anomaly level 0``,
+  ``<input> anomaly with hyper-intensity prior``, ...) on the input's grid, shown with a heat
+  colour map that is transparent below the map's threshold;
 * one segmentation with one named, coloured segment per map (the map above its threshold),
-  tagged with the terminology entry for a lesion;
+  tagged with the extension's terminology (a lesion, anatomic region brain; the terminology
+  file ships in ``Resources/Terminology`` and is loaded when the module starts);
 * a table of the connected lesions of the map that drives the mask (volume in ml, voxels,
-  centroid in RAS).
+  centroid in RAS), exportable as CSV;
+* everything in one subject-hierarchy folder under the input volume's study.
 
 Moving the threshold recomputes only the affected segment and the table from the stored score
 volume (no model run), so it stays interactive on full volumes.
@@ -14,40 +16,37 @@ volume (no model run), so it stays interactive on full volumes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import slicer
 import vtk
 
-from ssae.postprocessing import LesionStatistics, label_lesions, lesion_statistics
+from ssae.lesions import LesionTable, label_lesions, lesion_table
+from ssae.maps import map_title
 
 from .volumes import array_from_volume_node, image_from_volume_node, update_volume_node_from_array, update_volume_node_from_image
 
 HEAT_COLORMAP = "vtkMRMLColorTableNodeIron"
+TERMINOLOGY_FILE = Path(__file__).resolve().parent.parent / "Resources" / "Terminology" / "SSAEAnomaly.term.json"
+TERMINOLOGY_CONTEXT = "SSAE anomaly segmentation category and type"
+ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 LESION_TERMINOLOGY = (
-    "Segmentation category and type - 3D Slicer General Anatomy list"
-    "~SCT^49755003^Morphologically Altered Structure~SCT^52988006^Lesion~^^"
-    "~Anatomic codes - DICOM master list~^^~^^"
+    f"{TERMINOLOGY_CONTEXT}~SCT^49755003^Morphologically Altered Structure~SCT^52988006^Lesion~^^"
+    f"~{ANATOMIC_CONTEXT}~SCT^12738006^Brain~^^"
 )
 SEGMENT_COLORS = {
     "aggregated": (0.90, 0.10, 0.10),
+    "prior": (1.00, 0.35, 0.00),
+    "fused": (0.95, 0.20, 0.60),
+    "flair": (0.60, 0.60, 0.95),
     "level0": (1.00, 0.85, 0.10),
     "level1": (0.20, 0.80, 0.20),
     "level2": (0.10, 0.75, 0.90),
     "level3": (0.30, 0.35, 1.00),
     "level4": (0.80, 0.30, 0.90),
 }
-
-
-def map_title(map_name: str, level_sizes: dict[str, int] | None = None) -> str:
-    """``aggregated`` -> ``aggregated``; ``level1`` -> ``level 1 (128 px)``."""
-    if map_name == "aggregated":
-        return "aggregated"
-    level = int(map_name[5:])
-    size = (level_sizes or {}).get(map_name)
-    return f"level {level} ({size} px)" if size else f"level {level}"
 
 
 def segment_name(map_name: str, level_sizes: dict[str, int] | None = None) -> str:
@@ -90,7 +89,7 @@ def segment_id_of(map_name: str) -> str:
 
 
 def ensure_segment(segmentation_node, map_name: str, title: str) -> str:
-    """ID of the segment for ``map_name`` (created, named and coloured on first use)."""
+    """ID of the segment for ``map_name`` (created, named, coloured and tagged on first use)."""
     segmentation = segmentation_node.GetSegmentation()
     segment_id = segment_id_of(map_name)
     if segmentation.GetSegment(segment_id) is None:
@@ -100,16 +99,7 @@ def ensure_segment(segmentation_node, map_name: str, title: str) -> str:
     return segment_id
 
 
-@dataclass
-class LesionRows:
-    """The connected lesions of a mask: table rows and totals."""
-
-    statistics: LesionStatistics
-    voxels: list[int]
-    centroids_ras: list[tuple[float, float, float]]
-
-
-def update_segment(segmentation_node, segment_id: str, score_node, threshold: float, min_lesion_mm3: float) -> LesionRows:
+def update_segment(segmentation_node, segment_id: str, score_node, threshold: float, min_lesion_mm3: float) -> LesionTable:
     """Set the segment to ``score > threshold`` (small components removed); return its lesions."""
     labels = label_lesions(image_from_volume_node(score_node), threshold, min_lesion_mm3)
     labelmap = slicer.vtkMRMLLabelMapVolumeNode()
@@ -119,21 +109,10 @@ def update_segment(segmentation_node, segment_id: str, score_node, threshold: fl
     slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
         oriented, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
     )
-    return _lesion_rows(labels)
+    return lesion_table(labels)
 
 
-def _lesion_rows(labels: sitk.Image) -> LesionRows:
-    shape = sitk.LabelShapeStatisticsImageFilter()
-    shape.Execute(labels)
-    voxels, centroids = [], []
-    for label in shape.GetLabels():
-        voxels.append(int(shape.GetNumberOfPixels(label)))
-        x, y, z = shape.GetCentroid(label)  # LPS mm
-        centroids.append((-x, -y, z))
-    return LesionRows(statistics=lesion_statistics(labels), voxels=voxels, centroids_ras=centroids)
-
-
-def fill_lesion_table(table_node, rows: LesionRows) -> None:
+def fill_lesion_table(table_node, lesions: LesionTable) -> None:
     """One row per lesion, largest first: volume (ml), voxels, centroid R, A, S (mm)."""
     table = vtk.vtkTable()
     columns = [("Lesion", vtk.vtkIntArray), ("Volume (ml)", vtk.vtkDoubleArray), ("Voxels", vtk.vtkIntArray)]
@@ -144,13 +123,12 @@ def fill_lesion_table(table_node, rows: LesionRows) -> None:
         array.SetName(title)
         table.AddColumn(array)
         arrays.append(array)
-    for index, (ml, voxels, centroid) in enumerate(zip(rows.statistics.component_ml, rows.voxels, rows.centroids_ras)):
-        values = [index + 1, ml, voxels, *centroid]
-        for array, value in zip(arrays, values):
+    for row in lesions.rows():
+        for array, value in zip(arrays, row):
             array.InsertNextValue(value)
     table_node.SetAndObserveTable(table)
-    table_node.SetAttribute("SSAE.lesionCount", str(rows.statistics.count))
-    table_node.SetAttribute("SSAE.totalVolumeMl", repr(rows.statistics.total_ml))
+    table_node.SetAttribute("SSAE.lesionCount", str(lesions.statistics.count))
+    table_node.SetAttribute("SSAE.totalVolumeMl", repr(lesions.statistics.total_ml))
 
 
 def add_atlas_transform(scene, transform: sitk.Transform, name: str):
@@ -170,3 +148,25 @@ def add_atlas_transform(scene, transform: sitk.Transform, name: str):
     node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", scene.GenerateUniqueName(name))
     node.SetMatrixTransformToParent(vtk_matrix)
     return node
+
+
+def place_under_input_study(scene, volume, nodes: list, folder_name: str) -> int:
+    """Put ``nodes`` in a new subject-hierarchy folder beside ``volume`` (under its study, where
+    it has one), so the results sit with the scan they belong to. Returns the folder's item ID."""
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    volume_item = hierarchy.GetItemByDataNode(volume)
+    parent = hierarchy.GetItemParent(volume_item) if volume_item else hierarchy.GetSceneItemID()
+    folder = hierarchy.CreateFolderItem(parent, folder_name)
+    for node in nodes:
+        move_into_folder(scene, node, folder)
+    return folder
+
+
+def move_into_folder(scene, node, folder: int) -> None:
+    """Make ``node`` a child of the subject-hierarchy item ``folder``."""
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    item = hierarchy.GetItemByDataNode(node)
+    if item:
+        hierarchy.SetItemParent(item, folder)
+    else:  # outside the application nothing creates items for new nodes: do it here
+        hierarchy.CreateItem(folder, node)

@@ -1,8 +1,11 @@
-"""A training run as the SSAETraining module sees it: options -> ``ssae train`` -> progress.
+"""A training run as the SSAETraining module sees it: options -> ``ssae train`` (or ``ssae
+adapt``) -> progress.
 
-The module never trains inside Slicer's process: it starts ``ssae train`` in the background
+The module never trains inside Slicer's process: it starts the command in the background
 (:class:`ssae.background.BackgroundCommand`) and turns the engine's JSON-lines progress events
-into a progress fraction and a status line.
+into a progress fraction and a status line. Two modes: *train* a new model on healthy scans,
+or *adapt* an existing model to a site's own (unlabelled) scans. The panel's defaults are the
+shipped model's recipe (:mod:`ssae.defaults`).
 """
 
 from __future__ import annotations
@@ -12,45 +15,61 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ssae import defaults
 from ssae.background import BackgroundCommand
 from ssae.errors import SSAEError
-from ssae.models import VARIANTS
+
+MODES = ("train", "adapt")
 
 
 @dataclass
 class TrainingRequest:
-    """What the user chose in the panel; :meth:`arguments` is the matching ``ssae train`` call."""
+    """What the user chose in the panel; :meth:`arguments` is the matching ``ssae train`` (or
+    ``ssae adapt``) call."""
 
     data_folder: str
     output: str
     brain_masks_folder: str = ""
     variant: str = "dense"
-    size: int = 128
-    levels: int = 3
-    epochs: int = 60
-    patience: int = 6
+    size: int = defaults.TRAIN_SIZE
+    levels: int = defaults.TRAIN_LEVELS
+    epochs: int = defaults.TRAIN_EPOCHS
+    patience: int = defaults.TRAIN_PATIENCE
     batch_size: int = 8
-    atlas: bool = True
-    bias_correction: bool = True
+    atlas: bool = defaults.TRAIN_ATLAS
+    bias_correction: bool = defaults.TRAIN_BIAS_CORRECTION
     device: str = "auto"
     resume: bool = False
     overwrite: bool = False
+    mode: str = "train"  # or "adapt": fine-tune base_model on the scans of data_folder
+    base_model: str = ""
 
     def check(self) -> None:
+        if self.mode not in MODES:
+            raise SSAEError(f"unknown mode {self.mode!r}")
         if not self.data_folder or not Path(self.data_folder).is_dir():
-            raise SSAEError("choose the folder of healthy scans")
+            raise SSAEError("choose the folder of scans" if self.mode == "adapt" else "choose the folder of healthy scans")
+        if self.mode == "adapt" and not (self.base_model and Path(self.base_model).is_file()):
+            raise SSAEError("choose the model to adapt")
+        if self.mode == "adapt" and Path(self.base_model).resolve() == Path(self.output).resolve():
+            raise SSAEError("write the adapted model to a new file; the model to adapt is never changed")
         if not self.output:
             raise SSAEError("choose where to write the model file")
         if not self.output.endswith(".safetensors"):
             raise SSAEError("model files end with .safetensors")
         if self.brain_masks_folder and not Path(self.brain_masks_folder).is_dir():
             raise SSAEError(f"brain mask folder not found: {self.brain_masks_folder}")
-        if self.variant not in VARIANTS:
+        if self.variant not in defaults.VARIANTS:
             raise SSAEError(f"unknown model type {self.variant!r}")
         if Path(self.output).exists() and not (self.overwrite or self.resume):
             raise SSAEError(f"{self.output} already exists; allow replacing it or choose another file")
 
     def arguments(self, progress_log: Path) -> list[str]:
+        if self.mode == "adapt":
+            args = ["adapt", self.base_model, self.data_folder, "-o", self.output, "--device", self.device, "--progress-log", str(progress_log)]
+            if self.brain_masks_folder:
+                args += ["--brain-masks", self.brain_masks_folder]
+            return args + (["--overwrite"] if self.overwrite else [])
         args = [
             "train",
             self.data_folder,
@@ -127,6 +146,9 @@ class TrainingProgress:
             self.status = f"level {event['level']} done after {event['epochs']} epochs"
         elif kind == "calibrated":
             self.status = f"threshold calibrated on healthy validation subjects: {event['threshold']:.4g}"
+        elif kind == "progress":  # ssae adapt
+            self.fraction = float(event["fraction"])
+            self.status = event.get("message", self.status)
         elif kind == "done":
             self.fraction, self.finished, self.model = 1.0, True, event["model"]
             self.status = f"model written to {event['model']}"

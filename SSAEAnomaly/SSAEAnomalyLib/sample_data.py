@@ -1,0 +1,72 @@
+"""The extension's sample scans, registered with Slicer's Sample Data module.
+
+They ship inside the extension (``Resources/SampleData``), so the "download" is a copy from a
+``file://`` address, verified by its SHA-256 like any sample; nothing comes from the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+CATEGORY = "SSAE (brain FLAIR anomalies)"
+THUMBNAILS = Path(__file__).resolve().parent.parent / "Resources" / "Icons"
+SAMPLES = (
+    # sample name, description, files (relative to Resources/SampleData), node names, file types, thumbnail
+    (
+        "SSAE MSLUB patient 19",
+        "MS FLAIR + consensus lesions\n(MSLUB patient 19)",
+        ("MSLUB/patient19/flair.nii.gz", "MSLUB/patient19/consensus_gt.nii.gz"),
+        ("MSLUB patient19 FLAIR", "MSLUB patient19 consensus lesions"),
+        ("VolumeFile", "SegmentationFile"),
+        "SSAESampleMSLUB19.png",
+    ),
+    (
+        "SSAE MSLUB patient 7",
+        "MS FLAIR + consensus lesions\n(MSLUB patient 7)",
+        ("MSLUB/patient07/flair.nii.gz", "MSLUB/patient07/consensus_gt.nii.gz"),
+        ("MSLUB patient07 FLAIR", "MSLUB patient07 consensus lesions"),
+        ("VolumeFile", "SegmentationFile"),
+        "SSAESampleMSLUB07.png",
+    ),
+    (
+        "SSAE raw clinical FLAIR",
+        "Raw clinical FLAIR\n(skull, oblique, 3 mm slices)",
+        ("ClinicalRaw/patient01_study1_FLAIR.nii.gz",),
+        ("clinical patient01 FLAIR",),
+        ("VolumeFile",),
+        "SSAESampleClinical.png",
+    ),
+)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def sample_data_sources(resources: Path | None = None) -> list[dict[str, Any]]:
+    """Keyword arguments for ``SampleData.SampleDataLogic.registerCustomSampleDataSource``, one
+    dict per sample (empty when the extension was installed without its sample data)."""
+    from ssae.resources import resources_dir
+
+    folder = (resources or resources_dir()) / "SampleData"
+    sources = []
+    for name, description, files, nodes, types, thumbnail in SAMPLES:
+        paths = [folder / f for f in files]
+        if not all(p.is_file() for p in paths):
+            continue
+        sources.append(
+            {
+                "category": CATEGORY,
+                "sampleName": name,
+                "sampleDescription": description,
+                "uris": [p.resolve().as_uri() for p in paths],
+                "fileNames": [f"SSAE_{p.parent.name}_{p.name}" for p in paths],
+                "nodeNames": list(nodes),
+                "loadFileType": list(types),
+                "checksums": [f"SHA256:{_sha256(p)}" for p in paths],
+                "thumbnailFileName": str(THUMBNAILS / thumbnail),
+            }
+        )
+    return sources

@@ -1,0 +1,134 @@
+"""The extension is ready for the Extensions Index: metadata, index entry, terminology, samples.
+
+The index entry is validated against a copy of the index's published schema (Testing/schemas)
+and the index's own naming and category rules; every URL in the metadata points at a file that
+exists in this repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from urllib.parse import urlsplit
+
+import jsonschema
+from conftest import REPO
+
+SCHEMAS = REPO / "Testing" / "schemas"
+
+
+def _cmake_variables() -> dict[str, str]:
+    text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    values = dict(re.findall(r'^set\((\w+) "([^"]*)"\)', text, flags=re.M))
+    for _ in range(3):  # expand ${VAR} references
+        values = {k: re.sub(r"\$\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), v) for k, v in values.items()}
+    return values
+
+
+def test_the_index_entry_validates_against_the_published_schema_and_rules():
+    entry = json.loads((REPO / "Resources" / "ExtensionsIndex" / "SSAE.json").read_text(encoding="utf-8"))
+    schema = json.loads((SCHEMAS / "slicer-extension-catalog-entry-schema-v1.0.2.json").read_text(encoding="utf-8"))
+    jsonschema.validate(entry, schema)
+    assert entry["$schema"].split("#")[0] == schema["$id"].split("#")[0]
+    accepted = json.loads((SCHEMAS / "extensions-index-accepted-categories.json").read_text(encoding="utf-8"))["categories"]
+    assert entry["category"] in accepted
+    url = urlsplit(entry["scm_url"])
+    assert url.scheme == "https" and url.netloc
+    assert url.path.rstrip("/").split("/")[-1].startswith("Slicer")  # the index wants Slicer* repositories
+    assert not "SSAE".lower().startswith("slicer")  # and extension names without the prefix
+
+
+def test_cmake_metadata_is_complete_and_agrees_with_the_index_entry():
+    cmake = _cmake_variables()
+    entry = json.loads((REPO / "Resources" / "ExtensionsIndex" / "SSAE.json").read_text(encoding="utf-8"))
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        assert cmake[key], key
+    assert cmake["EXTENSION_HOMEPAGE"].startswith(entry["scm_url"])
+    assert cmake["EXTENSION_CATEGORY"] == entry["category"]
+    assert cmake["EXTENSION_DEPENDS"].split() == entry["build_dependencies"] == ["PyTorch"]
+    raw = f"https://raw.githubusercontent.com{urlsplit(entry['scm_url']).path}/{entry['scm_revision']}/"
+    for url in [cmake["EXTENSION_ICONURL"], *cmake["EXTENSION_SCREENSHOTURLS"].split()]:
+        assert url.startswith(raw), url
+        path = REPO / url[len(raw) :]
+        assert path.is_file() and path.read_bytes().startswith(b"\x89PNG"), path
+
+
+def test_the_terminology_file_defines_what_the_segments_are_tagged_with():
+    from SSAEAnomalyLib.results import LESION_TERMINOLOGY, TERMINOLOGY_CONTEXT, TERMINOLOGY_FILE
+
+    terms = json.loads(TERMINOLOGY_FILE.read_text(encoding="utf-8"))
+    assert terms["SegmentationCategoryTypeContextName"] == TERMINOLOGY_CONTEXT
+    context, category, kind, _, anatomic_context, region, _ = LESION_TERMINOLOGY.split("~")
+    assert context == TERMINOLOGY_CONTEXT and anatomic_context == "Anatomic codes - DICOM master list"
+    scheme, code, meaning = category.split("^")
+    (entry,) = [c for c in terms["SegmentationCodes"]["Category"] if c["CodeValue"] == code]
+    assert entry["CodingSchemeDesignator"] == scheme and entry["CodeMeaning"] == meaning and entry["showAnatomy"] == "true"
+    scheme, code, meaning = kind.split("^")
+    assert any(t["CodeValue"] == code and t["CodeMeaning"] == meaning and t["CodingSchemeDesignator"] == scheme for t in entry["Type"])
+    assert region == "SCT^12738006^Brain"
+
+
+def test_sample_data_sources_point_at_the_shipped_files_with_their_checksums():
+    from SSAEAnomalyLib.sample_data import sample_data_sources
+
+    sources = sample_data_sources()
+    assert [s["sampleName"] for s in sources] == ["SSAE MSLUB patient 19", "SSAE MSLUB patient 7", "SSAE raw clinical FLAIR"]
+    for source in sources:
+        lengths = {len(source[k]) for k in ("uris", "fileNames", "nodeNames", "loadFileType", "checksums")}
+        assert len(lengths) == 1
+        for uri, checksum in zip(source["uris"], source["checksums"]):
+            path = urlsplit(uri).path
+            assert uri.startswith("file://") and checksum == "SHA256:" + hashlib.sha256(open(path, "rb").read()).hexdigest()
+        assert open(source["thumbnailFileName"], "rb").read(4) == b"\x89PNG"
+
+
+def test_shipped_model_card_names_its_training_data_without_a_path():
+    from ssae.card_file import read_card
+
+    data = read_card(REPO / "Resources" / "Models" / "ssae-dense-nichart.safetensors")["training"]["data"]
+    assert data["dataset"] == "nichart" and data["subjects"] == 20
+    assert "/" not in json.dumps({k: v for k, v in data.items() if k not in ("train_subjects", "val_subjects")})
+
+
+def test_both_modules_import_and_show_their_panel_text_without_pytorch(tmp_path):
+    """A factory Slicer has no PyTorch: the modules must load (and offer to install it).
+
+    Slicer's Qt layer cannot exist here, so the few Qt/Slicer-application names the module
+    files use at import time get empty stand-ins; everything else is real. PyTorch and
+    safetensors are made unimportable.
+    """
+    script = textwrap.dedent(
+        f"""
+        import sys, types
+        sys.modules["torch"] = None            # "import torch" raises ImportError
+        sys.modules["safetensors"] = None
+        sys.path[:0] = [{str(REPO)!r}, {str(REPO / "SSAEAnomaly")!r}, {str(REPO / "SSAETraining")!r}]
+        import slicer
+        qt = types.ModuleType("qt")
+        qt.QTimer = type("QTimer", (), {{}})
+        sys.modules["qt"] = qt
+        loadable = types.ModuleType("slicer.ScriptedLoadableModule")
+        for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest", "ScriptedLoadableModuleWidget"):
+            setattr(loadable, name, type(name, (), {{"__init__": lambda self, *a, **k: None}}))
+        sys.modules["slicer.ScriptedLoadableModule"] = loadable
+        slicer.util.VTKObservationMixin = type("VTKObservationMixin", (), {{}})
+        import SSAEAnomaly, SSAETraining
+        from SSAEAnomalyLib.dependencies import device_description, missing_packages
+        from SSAEAnomalyLib import AnomalyLogic
+        from ssae.resources import default_model_path
+        print(device_description())
+        print(missing_packages())
+        print(AnomalyLogic(None).model_summary(str(default_model_path())).splitlines()[0])
+        assert sys.modules["torch"] is None and "ssae.detection" not in sys.modules
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert "PyTorch is not installed yet" in lines[0]
+    assert "torch" in lines[1] and "safetensors" in lines[1]
+    assert lines[2].startswith("dense SSAE 128 px, 3 levels")

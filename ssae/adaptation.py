@@ -1,0 +1,178 @@
+"""Scanner adaptation: fine-tune a trained model on the scans it is about to examine.
+
+A model trained on one site's healthy scans meets another scanner's contrast, resolution and
+noise at detection time; much of its residual is then domain gap, not lesion (cortex and
+sulcal edges light up everywhere). Adaptation continues training a *copy* of the model on the
+examined scans themselves, with the training objective (Eq. 3, :func:`ssae.losses.level_loss`),
+level by level from the coarsest, coarser levels frozen, as in training. Lesions must not be
+learnt as normal anatomy, so brain voxels brighter than the scan's ``exclude_percentile``-th
+brain intensity (FLAIR lesions are hyperintense) get zero weight in the loss.
+
+Two uses share this code: ``ssae detect --adapt`` adapts to the one scan being examined and
+throws the copy away afterwards; ``ssae adapt`` adapts to a folder of a site's unlabelled scans
+and writes a new model file. The model file given is never modified.
+
+Everything is seeded (batch order and any VAE sampling), so the same scan, model and settings
+give the same adapted weights on the same device and thread count. PyTorch is imported where
+adaptation runs: the settings are read (model cards, the Slicer panel) without it.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import SSAEError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .models import ScaleSpaceAutoencoder
+
+ProgressCallback = Callable[[float, str], None]
+CancelCheck = Callable[[], bool]
+
+
+class AdaptationCancelled(SSAEError):
+    """The caller asked to stop while the model was being adapted."""
+
+
+@dataclass(frozen=True)
+class AdaptationSettings:
+    """How a copy of a model is fine-tuned on the examined scans; recorded in every result."""
+
+    epochs: int = 10
+    learning_rate: float = 3e-4
+    batch_size: int = 8
+    exclude_percentile: float = 95.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise SSAEError("adaptation needs at least 1 epoch and a batch size of at least 1")
+        if not (np.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise SSAEError(f"the adaptation learning rate must be a positive number, got {self.learning_rate}")
+        if not 50.0 <= self.exclude_percentile <= 100.0:
+            raise SSAEError(f"the exclusion percentile must be in [50, 100], got {self.exclude_percentile}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdaptationSettings:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+@dataclass
+class AdaptationReport:
+    """What adaptation did: settings, masked loss per level before and after, time."""
+
+    settings: AdaptationSettings
+    slices: int
+    excluded_voxels: int
+    loss_before: dict[str, float] = field(default_factory=dict)
+    loss_after: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings.to_dict(),
+            "slices": self.slices,
+            "excluded_voxels": self.excluded_voxels,
+            "masked_loss_before": self.loss_before,
+            "masked_loss_after": self.loss_after,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def loss_weights(slices: np.ndarray, brain: np.ndarray, exclude_percentile: float) -> np.ndarray:
+    """1 where a pixel counts in the adaptation loss: everywhere but the scan's brightest brain
+    voxels (above its ``exclude_percentile``-th brain intensity), where lesions would be."""
+    keep = np.ones(slices.shape, np.float32)
+    if exclude_percentile < 100.0 and brain.any():
+        cutoff = np.percentile(slices[brain], exclude_percentile)
+        keep[brain & (slices > cutoff)] = 0.0
+    return keep
+
+
+def _masked_loss(model: ScaleSpaceAutoencoder, level: int, x: torch.Tensor, keep: torch.Tensor, batch_size: int) -> float:
+    """Mean of the level's loss over every slice (the quantity adaptation lowers)."""
+    import torch
+
+    from .losses import level_loss
+
+    total, weight = 0.0, 0.0
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            loss, pixels = level_loss(model, level, x[start : start + batch_size], keep[start : start + batch_size])
+            total += float(loss) * pixels
+            weight += pixels
+    return total / max(weight, 1.0)
+
+
+def adapt_model(
+    model: ScaleSpaceAutoencoder,
+    slices: np.ndarray,
+    keep: np.ndarray,
+    settings: AdaptationSettings,
+    device: torch.device,
+    progress: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+) -> tuple[ScaleSpaceAutoencoder, AdaptationReport]:
+    """A fine-tuned copy of ``model`` (``model`` itself is untouched) and what was done.
+
+    ``slices`` [n, size, size] are model input; ``keep`` (same shape) weights each pixel in the
+    loss (see :func:`loss_weights`). Levels are adapted coarsest first; while level ``k``
+    adapts, the coarser (already adapted) levels supply ``Î_{k+1}``.
+    """
+    import torch
+
+    from .losses import level_loss
+
+    if slices.shape != keep.shape or slices.ndim != 3:
+        raise SSAEError(f"adaptation needs [slices, size, size] arrays of one shape, got {slices.shape} and {keep.shape}")
+    if slices.shape[0] == 0:
+        raise SSAEError("no slices to adapt to")
+    started = time.perf_counter()
+    adapted = copy.deepcopy(model).to(device)
+    adapted.requires_grad_(False)
+    x = torch.from_numpy(np.array(slices, dtype=np.float32))[:, None].to(device)  # a copy: slices may be a read-only cache
+    weights = torch.from_numpy(np.array(keep, dtype=np.float32))[:, None].to(device)
+    report = AdaptationReport(settings=settings, slices=int(slices.shape[0]), excluded_voxels=int((keep == 0).sum()))
+    generator = torch.Generator().manual_seed(settings.seed)
+    torch.manual_seed(settings.seed)  # VAE sampling
+    levels = list(range(adapted.coarsest, -1, -1))
+    steps_per_epoch = -(-x.shape[0] // settings.batch_size)
+    total_steps, done = len(levels) * settings.epochs * steps_per_epoch, 0
+    for level in levels:
+        name = f"level{level}"
+        report.loss_before[name] = _masked_loss(adapted.eval(), level, x, weights, 4 * settings.batch_size)
+        net = adapted.nets[level]
+        net.requires_grad_(True)
+        net.train()
+        optimizer = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
+        for epoch in range(settings.epochs):
+            order = torch.randperm(x.shape[0], generator=generator).to(device)
+            for start in range(0, x.shape[0], settings.batch_size):
+                if should_cancel is not None and should_cancel():
+                    raise AdaptationCancelled("adaptation cancelled")
+                rows = order[start : start + settings.batch_size]
+                loss, _ = level_loss(adapted, level, x[rows], weights[rows])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                done += 1
+            if not np.isfinite(loss.item()):
+                raise SSAEError(f"adaptation diverged at level {level} (loss {loss.item()}); try a smaller learning rate")
+            if progress is not None:
+                progress(done / total_steps, f"adapting level {level}, epoch {epoch + 1}/{settings.epochs}")
+        net.requires_grad_(False)
+        report.loss_after[name] = _masked_loss(adapted.eval(), level, x, weights, 4 * settings.batch_size)
+    adapted.eval()
+    report.seconds = time.perf_counter() - started
+    return adapted, report

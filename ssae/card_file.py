@@ -1,0 +1,153 @@
+"""Reading a model file's card without PyTorch (the Slicer panel shows it before torch exists).
+
+A model file is a safetensors file: 8 bytes of header length (little-endian), a JSON header
+whose ``__metadata__`` holds the model card (JSON text under ``ssae_model_card``) and the card's
+SHA-256 (``ssae_card_sha256``), then the weights. Reading the card needs nothing but the
+standard library; verifying the weights needs torch (:mod:`ssae.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+from .errors import SSAEError
+
+CARD_KEY = "ssae_model_card"
+CHECKSUM_KEY = "ssae_card_sha256"
+FORMAT = "ssae-model"
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+MAX_HEADER_BYTES = 100_000_000
+
+
+def card_checksum(card_text: str) -> str:
+    return hashlib.sha256(card_text.encode("utf-8")).hexdigest()
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's header."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                raise ValueError("shorter than a safetensors header")
+            (length,) = struct.unpack("<Q", head)
+            if not 2 <= length <= MAX_HEADER_BYTES:
+                raise ValueError("no safetensors header")
+            header_bytes = handle.read(length)
+            if len(header_bytes) < length:
+                raise ValueError("the header is truncated")
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+        header = json.loads(header_bytes.decode("utf-8"), parse_constant=_no_constants)
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        data_end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        if size < 8 + length + data_end:
+            raise ValueError(f"the file ends at {size} bytes, its header declares {8 + length + data_end}")
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError) as exc:
+        raise SSAEError(f"{path.name} is not an SSAE model file (unreadable, truncated or another format: {exc})") from None
+    metadata = header.get("__metadata__") or {}
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The model card of a model file, its format and (format 2) its checksum verified."""
+    path = Path(path)
+    if path.is_dir():
+        raise SSAEError(f"{path} is a folder; give the model file (.safetensors)")
+    if not path.is_file():
+        raise SSAEError(f"model file not found: {path}")
+    metadata = read_metadata(path)
+    if CARD_KEY not in metadata:
+        raise SSAEError(f"{path.name} is a safetensors file but not an SSAE model (it has no SSAE model card)")
+    try:
+        card = json.loads(metadata[CARD_KEY], parse_constant=_no_constants)
+    except (json.JSONDecodeError, ValueError, TypeError):
+        raise SSAEError(f"{path.name} has a corrupt model card") from None
+    if not isinstance(card, dict) or card.get("format") != FORMAT:
+        raise SSAEError(f"{path.name} is not an SSAE model (format {card.get('format') if isinstance(card, dict) else None!r})")
+    version = card.get("format_version")
+    if version not in READABLE_VERSIONS:
+        raise SSAEError(f"{path.name} has model format version {version}; this ssae reads versions {', '.join(map(str, READABLE_VERSIONS))}")
+    if version >= 2 and metadata.get(CHECKSUM_KEY) != card_checksum(metadata[CARD_KEY]):
+        raise SSAEError(f"{path.name}: the model card does not match its checksum (the file was modified or is corrupt)")
+    return card
+
+
+def card_thresholds(card: dict[str, Any]) -> dict[str, float]:
+    """Thresholds per map of the model as trained (format 1 cards: aggregated and levels)."""
+    if card.get("format_version") == 1:
+        return {"aggregated": card["threshold"]["value"], **card.get("level_thresholds", {})}
+    return dict(card["thresholds"])
+
+
+def adapted_thresholds(card: dict[str, Any]) -> dict[str, float]:
+    adaptation = card.get("adaptation") or {}
+    return dict(adaptation.get("thresholds") or {})
+
+
+def describe_card(card: dict[str, Any]) -> str:
+    """The model card for people (``ssae info``, the Slicer module's model panel)."""
+    training = card.get("training", {})
+    data = training.get("data", {})
+    pre, post = card["preprocessing"], card["postprocessing"]
+    format_1 = card.get("format_version") == 1
+    clip = pre.get("clip_max", 1.0)
+    factor = post.get("prior_factor") if not format_1 else None
+    prior = (
+        f"brighter than {factor:g} x the scan's median brain intensity"
+        if factor is not None
+        else f"brighter than the {post.get('prior_percentile', 90):g}th percentile of the scan's brain"
+    )
+    adaptation = card.get("adaptation")
+    if not adaptation:
+        adapt_line = "scanner adaptation: no calibrated settings (format 1 model)"
+    else:
+        a = adaptation["settings"]
+        adapt_line = (
+            f"scanner adaptation: {'on' if adaptation['enabled'] else 'off'} by default; {a['epochs']} epochs per level, learning rate "
+            f"{a['learning_rate']:g}, brain voxels above the scan's {a['exclude_percentile']:g}th intensity percentile left out"
+        )
+    calibration = card["threshold"]["method"] if format_1 else card["calibration"]["method"]
+    dataset = data.get("dataset") or Path(str(data.get("source", "?"))).name
+    lines = [
+        f"{card['name']}  ({card['parameters']:,} parameters, {card.get('modality', 'FLAIR')}, model format {card['format_version']})",
+        card.get("description") or "",
+        f"trained on: {dataset} ({data.get('subjects', '?')} subjects, {data.get('train_slices', '?')} training / "
+        f"{data.get('val_slices', '?')} validation slices)",
+        f"input: {pre['size']} px, {card['architecture']['levels']} level(s), {'MNI152 atlas grid' if pre.get('atlas') else 'native slices'}"
+        f"{', N4 bias correction' if pre.get('bias_correction') else ''}, {pre['percentile']:g}th-percentile normalisation, "
+        f"{'no upper clip' if clip is None else f'clipped at {clip:g}'}",
+        f"mask drawn by: the {card.get('score_map', 'aggregated')} map (aggregated levels {card['aggregated_levels']})",
+        f"hyper-intensity prior: {prior}" + ("" if format_1 else f"; fused map: aggregated x FLAIR^{post['fusion_exponent']:g}"),
+        f"median filter {post['median_size']} ({post.get('median_per_level', 'same')} at coarser levels), brain erosion "
+        f"{post['brain_erosion']} px, lesions >= {post['min_lesion_mm3']:g} mm3",
+        adapt_line,
+        f"thresholds ({calibration}):",
+        "  as trained: " + ", ".join(f"{name} {value:.4g}" for name, value in card_thresholds(card).items()),
+        "  adapted:    " + (", ".join(f"{name} {value:.4g}" for name, value in adapted_thresholds(card).items()) or "-"),
+    ]
+    selection = card.get("selection") or {}
+    if selection:
+        lines.append(f"defaults chosen by: {selection.get('chosen_by', '?')} ({selection.get('report', '')})")
+    if "site_adaptation" in training:
+        site = training["site_adaptation"]
+        lines.append(f"site-adapted to: {site['data']['dataset']} ({site['data']['scans']} scans) on {site.get('date', '?')}")
+    lines += [
+        f"epochs per level: {training.get('epochs_per_level')}; best validation loss: {training.get('best_val_loss_per_level')}",
+        f"validation l1 per level: {card.get('fidelity', {}).get('l1_per_level')}",
+        f"seed {training.get('seed')}, device {training.get('device')}, {training.get('duration_s')} s; versions {card.get('versions')}",
+        "layers:",
+        *("  " + line for line in card.get("layers", [])),
+    ]
+    return "\n".join(line for line in lines if line)

@@ -1,0 +1,94 @@
+"""Lesions: the connected components of a thresholded score map, and their table.
+
+Torch-free on purpose: the Slicer module recomputes masks and lesion tables from stored score
+volumes when the threshold slider moves, without the engine's deep-learning dependencies.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+
+def voxel_volume_mm3(image: sitk.Image) -> float:
+    return float(np.prod(image.GetSpacing()))
+
+
+@dataclass
+class LesionStatistics:
+    """Connected components of a lesion mask, volumes in millilitres."""
+
+    count: int
+    total_ml: float
+    component_ml: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lesion_count": self.count, "total_volume_ml": self.total_ml, "lesion_volumes_ml": self.component_ml}
+
+
+@dataclass
+class LesionTable:
+    """One row per lesion, largest first: volume (ml), voxels, centroid in RAS (mm, Slicer's
+    world coordinates; ITK's LPS with the first two axes negated)."""
+
+    statistics: LesionStatistics
+    voxels: list[int]
+    centroids_ras: list[tuple[float, float, float]]
+
+    COLUMNS = ("lesion", "volume_ml", "voxels", "centroid_r_mm", "centroid_a_mm", "centroid_s_mm")
+
+    def rows(self) -> list[tuple]:
+        return [
+            (index + 1, ml, voxels, *centroid)
+            for index, (ml, voxels, centroid) in enumerate(zip(self.statistics.component_ml, self.voxels, self.centroids_ras))
+        ]
+
+    def to_csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(self.COLUMNS)
+        for lesion, ml, voxels, r, a, s in self.rows():
+            writer.writerow([lesion, f"{ml:.4f}", voxels, f"{r:.2f}", f"{a:.2f}", f"{s:.2f}"])
+        return buffer.getvalue()
+
+
+def lesion_table(labels: sitk.Image) -> LesionTable:
+    """The lesions of a :func:`label_lesions` image as table rows."""
+    shape = sitk.LabelShapeStatisticsImageFilter()
+    shape.Execute(labels)
+    voxels, centroids = [], []
+    for label in shape.GetLabels():
+        voxels.append(int(shape.GetNumberOfPixels(label)))
+        x, y, z = shape.GetCentroid(label)  # LPS mm
+        centroids.append((-x, -y, z))
+    return LesionTable(statistics=lesion_statistics(labels), voxels=voxels, centroids_ras=centroids)
+
+
+def label_lesions(score: sitk.Image, threshold: float, min_lesion_mm3: float) -> sitk.Image:
+    """Connected lesions of ``score > threshold`` (26-connected), labelled 1..n largest first.
+
+    Components smaller than ``min_lesion_mm3`` are dropped.
+    """
+    components = sitk.ConnectedComponent(sitk.Cast(score > threshold, sitk.sitkUInt8), True)
+    min_voxels = int(np.ceil(min_lesion_mm3 / voxel_volume_mm3(score))) if min_lesion_mm3 > 0 else 0
+    labels = sitk.RelabelComponent(components, minimumObjectSize=min_voxels, sortByObjectSize=True)
+    labels.CopyInformation(score)
+    return labels
+
+
+def lesion_statistics(labels: sitk.Image) -> LesionStatistics:
+    """Count and volumes of the lesions of a :func:`label_lesions` image."""
+    ml = voxel_volume_mm3(labels) / 1000.0
+    volumes = [float(c) * ml for c in np.bincount(sitk.GetArrayViewFromImage(labels).ravel())[1:] if c > 0]
+    return LesionStatistics(count=len(volumes), total_ml=float(sum(volumes)), component_ml=volumes)
+
+
+def lesion_mask(labels: sitk.Image) -> sitk.Image:
+    mask = sitk.Cast(labels > 0, sitk.sitkUInt8)
+    mask.CopyInformation(labels)
+    return mask
