@@ -176,7 +176,13 @@ class SSAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._set_quietly(self.ui.modelPathLineEdit, "currentPath", params.model_path)
             self._set_quietly(self.ui.deviceComboBox, "currentIndex", max(0, self.ui.deviceComboBox.findText(params.device)))
             self._set_quietly(self.ui.adaptComboBox, "currentIndex", max(0, self.ui.adaptComboBox.findData(params.adapt)))
-            for widget in (self.ui.inputVolumeSelector, self.ui.brainMaskSelector, self.ui.modelPathLineEdit, self.ui.deviceComboBox, self.ui.adaptComboBox):
+            for widget in (
+                self.ui.inputVolumeSelector,
+                self.ui.brainMaskSelector,
+                self.ui.modelPathLineEdit,
+                self.ui.deviceComboBox,
+                self.ui.adaptComboBox,
+            ):
                 widget.enabled = not running  # a running job's inputs are locked
             self.ui.modelCardLabel.text = self._modelSummary(params.model_path)
             self.ui.detectButton.enabled = params.input_volume is not None and bool(params.model_path) and not running
@@ -312,9 +318,15 @@ class SSAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             rows = self.logic.load_batch(job)
             failed = [row["case"] for row in rows if row["status"] != "ok"]
             where = f" Results: {job.output}." if job.keep_output else ""
-            return f"Batch done: {len(rows) - len(failed)} of {len(rows)} scan(s)." + (f" Failed: {', '.join(failed)}." if failed else "") + where
+            return (
+                f"Batch done: {len(rows) - len(failed)} of {len(rows)} scan(s)."
+                + (f" Failed: {', '.join(failed)}." if failed else "")
+                + where
+            )
         lesions = self.logic.load_detection(job, replace_previous=self.ui.replaceResultsCheckBox.checked)
-        return f"{job.input_name}: {lesions.statistics.count} lesion(s), {lesions.statistics.total_ml:.2f} ml." + self._registrationWarnings()
+        return (
+            f"{job.input_name}: {lesions.statistics.count} lesion(s), {lesions.statistics.total_ml:.2f} ml." + self._registrationWarnings()
+        )
 
     def _registrationWarnings(self):
         report = self.logic.registration

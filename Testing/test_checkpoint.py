@@ -58,13 +58,23 @@ def test_existing_file_is_not_overwritten(saved):
     assert path.read_bytes() == before
 
 
-def test_a_modified_weight_byte_is_detected(saved):
+def test_a_modified_weight_byte_is_detected_with_and_without_torch(saved, capsys):
+    from ssae.card_file import verify_weights
+    from ssae.cli import main
+
     path, _ = saved
+    verify_weights(path, read_model_card(path))  # the torch-free digest agrees with the saved one
+    assert main(["info", str(path)]) == 0
     data = bytearray(path.read_bytes())
     data[-100] ^= 0xFF  # a weight byte near the end of the file
     path.write_bytes(bytes(data))
     with pytest.raises(SSAEError, match="checksum"):
         load_model(path)
+    with pytest.raises(SSAEError, match="checksum"):
+        verify_weights(path, read_model_card(path))
+    capsys.readouterr()
+    assert main(["info", str(path)]) == 2  # ssae info verifies the weights too
+    assert "weights do not match" in capsys.readouterr().err
 
 
 def test_truncated_file_is_refused(saved):

@@ -21,7 +21,9 @@ from ssae.preprocessing import PreprocessingSettings
 def untrained_model(tmp_path_factory) -> Path:
     """A valid model file with random weights: enough wherever the input is refused first."""
     arch = Architecture("dense", size=64, levels=2, base_filters=8, max_filters=16, latent_dim=8)
-    card = ModelCard(arch, PreprocessingSettings(size=64), PostprocessingSettings(median_size=3), [0], {"prior": 0.1}, Calibration("test"), "prior")
+    card = ModelCard(
+        arch, PreprocessingSettings(size=64), PostprocessingSettings(median_size=3), [0], {"prior": 0.1}, Calibration("test"), "prior"
+    )
     torch.manual_seed(0)
     return save_model(build_model(arch), card, tmp_path_factory.mktemp("untrained") / "model.safetensors")
 

@@ -45,7 +45,14 @@ def test_the_index_entry_validates_against_the_published_schema_and_rules():
 def test_cmake_metadata_is_complete_and_agrees_with_the_index_entry():
     cmake = _cmake_variables()
     entry = json.loads((REPO / "Resources" / "ExtensionsIndex" / "SSAE.json").read_text(encoding="utf-8"))
-    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+    for key in (
+        "EXTENSION_HOMEPAGE",
+        "EXTENSION_CATEGORY",
+        "EXTENSION_CONTRIBUTORS",
+        "EXTENSION_DESCRIPTION",
+        "EXTENSION_ICONURL",
+        "EXTENSION_SCREENSHOTURLS",
+    ):
         assert cmake[key], key
     assert cmake["EXTENSION_HOMEPAGE"].startswith(entry["scm_url"])
     assert cmake["EXTENSION_CATEGORY"] == entry["category"]

@@ -6,9 +6,9 @@ import SimpleITK as sitk
 from conftest import make_volume, oblique_direction
 
 from ssae.errors import SSAEError
+from ssae.foreground import foreground_mask
 from ssae.preprocessing import (
     PreprocessingSettings,
-    foreground_mask,
     intensity_normalisation,
     prepare_volume,
     resample_to_grid,

@@ -58,7 +58,9 @@ def test_a_truncated_nifti_is_refused_by_detect_and_by_train(tiny_model, flair, 
     training = tmp_path / "train"
     shutil.copytree(small_cases, training)
     (training / "patient07" / "flair.nii.gz").write_bytes(truncated.read_bytes())
-    _fails(capsys, ["train", training, "-o", tmp_path / "m.safetensors", "--quiet", "--no-atlas", "--cache-dir", tmp_path / "c"], "truncated")
+    _fails(
+        capsys, ["train", training, "-o", tmp_path / "m.safetensors", "--quiet", "--no-atlas", "--cache-dir", tmp_path / "c"], "truncated"
+    )
     assert not (tmp_path / "out").exists() and not (tmp_path / "m.safetensors").exists()
 
 
@@ -334,7 +336,9 @@ def test_the_repository_ignores_what_the_commands_write_by_default(repo):
 
 
 def test_every_command_exits_2_without_traceback_as_a_process(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "ssae.cli", "detect", "x.safetensors", "y.nii.gz", "--batch-size", "-1"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "ssae.cli", "detect", "x.safetensors", "y.nii.gz", "--batch-size", "-1"], capture_output=True, text=True
+    )
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
 
 

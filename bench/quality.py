@@ -230,7 +230,9 @@ def main() -> None:
                 if cand.map in scores:
                     grid_maps[name] = scores[cand.map]
                 else:
-                    grid_maps[name] = combined_maps(scores["aggregated"], dev.prepared.intensities, dev.prepared.brain, inside, cand.post)[cand.map]
+                    grid_maps[name] = combined_maps(scores["aggregated"], dev.prepared.intensities, dev.prepared.brain, inside, cand.post)[
+                        cand.map
+                    ]
         keys = list(grid_maps)
         for start in range(0, len(keys), 16):
             chunk = {k: grid_maps[k] for k in keys[start : start + 16]}
@@ -300,7 +302,9 @@ def main() -> None:
                         cases.append((on_input_grid(dev, maps[map_name]), dev.labels))
                     rows[ds] = pooled(cases)
                 ours = Candidate(key, map_name, default.post).name
-                compare[ours] = {args.compare_model.name: rows, model_path.name: table[ours]} if ours in table else {args.compare_model.name: rows}
+                compare[ours] = (
+                    {args.compare_model.name: rows, model_path.name: table[ours]} if ours in table else {args.compare_model.name: rows}
+                )
 
     out = args.output / "quality"
     out.mkdir(parents=True, exist_ok=True)
@@ -327,8 +331,10 @@ def main() -> None:
     (args.output / "quality.md").write_text(markdown(table, datasets, choice, intervals, selection, cands), encoding="utf-8")
     log(f"default: {default_name}")
     for ds in datasets:
-        log(f"{ds}: chosen on the others: {choice[ds]} -> AUPRC {table[choice[ds]][ds][0]:.3f} / [DICE] {table[choice[ds]][ds][1]:.3f} "
-            f"(raw FLAIR {table[RAW][ds][0]:.3f} / {table[RAW][ds][1]:.3f}, strong {table[STRONG][ds][0]:.3f} / {table[STRONG][ds][1]:.3f})")
+        log(
+            f"{ds}: chosen on the others: {choice[ds]} -> AUPRC {table[choice[ds]][ds][0]:.3f} / [DICE] {table[choice[ds]][ds][1]:.3f} "
+            f"(raw FLAIR {table[RAW][ds][0]:.3f} / {table[RAW][ds][1]:.3f}, strong {table[STRONG][ds][0]:.3f} / {table[STRONG][ds][1]:.3f})"
+        )
     log(f"written: {args.output / 'quality.md'} ({time.time() - started:.0f} s)")
 
 
@@ -371,7 +377,9 @@ def markdown(table, datasets, choice, intervals, selection, cands) -> str:
         "|---|---|---|---|---|",
     ]
     for ds in datasets:
-        lines.append(f"| {ds} | {choice[ds]} | {_cell(table, intervals, choice[ds], ds)} | {_cell(table, intervals, RAW, ds)} | {_cell(table, intervals, STRONG, ds)} |")
+        lines.append(
+            f"| {ds} | {choice[ds]} | {_cell(table, intervals, choice[ds], ds)} | {_cell(table, intervals, RAW, ds)} | {_cell(table, intervals, STRONG, ds)} |"
+        )
     lines += [
         "",
         f"**Shipped default** (chosen on all three): {choice['all']}.",
@@ -398,7 +406,9 @@ def markdown(table, datasets, choice, intervals, selection, cands) -> str:
     ]
     for key, value in selection["adaptation_seconds_mean"].items():
         lines.append(f"| adaptation {key} | {value:.1f} |")
-    lines.append(f"| residual maps: positive part, median filters, eroded brain (slice grid) | {selection['residual_scores_seconds_mean']:.2f} |")
+    lines.append(
+        f"| residual maps: positive part, median filters, eroded brain (slice grid) | {selection['residual_scores_seconds_mean']:.2f} |"
+    )
     lines.append(f"| prior, fused and FLAIR maps on top (slice grid) | {selection['prior_fusion_flair_seconds_mean']:.3f} |")
     if selection["compare"]:
         lines += [

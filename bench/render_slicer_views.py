@@ -7,7 +7,13 @@ segmentation displayable manager):
 * ``slicer_views.png``: MSLUB patient 19 at the calibrated threshold and after the user lowers
   the slider, through the slice with the most consensus-lesion voxels;
 * ``clinical_raw.png``: the raw clinical FLAIR (skull, oblique, 4 mm slices) on its own grid
-  with the aggregated score and mask, at the calibrated threshold, through three slices.
+  with the default score map and mask, at the calibrated threshold, through three slices;
+* ``batch_results.png``: one background batch run over three loaded volumes (both MSLUB
+  patients and the raw clinical scan), each volume's own results in its axial view, and the
+  cohort table the module shows.
+
+Every run uses the model card's defaults, as a user clicking "Detect anomalies" gets them
+(scanner adaptation, the default score map and its label-free threshold).
 
     python bench/render_slicer_views.py [--output-dir Resources/Screenshots]
 """
@@ -29,7 +35,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import SimpleITK as sitk
 from SSAEAnomalyLib import AnomalyLogic, update_volume_node_from_image
+from SSAEAnomalyLib.logic import show_in_slice_views
 from SSAEAnomalyLib.slice_rendering import SliceViewRenderer, headless_scene
+from SSAEAnomalyLib.volumes import array_from_volume_node
 
 from ssae.resources import default_model_path, sample_case_dir
 
@@ -51,7 +59,8 @@ def main() -> None:
     params = logic.parameters
     params.input_volume, params.model_path, params.device = volume, str(default_model_path()), args.device
     calibrated_rows = logic.detect()
-    calibrated = params.threshold_of("aggregated")
+    chosen = params.score_map
+    calibrated = params.threshold_of(chosen)
 
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "consensus_gt.nii.gz")))
     k = int(np.argmax(truth.reshape(truth.shape[0], -1).sum(axis=1)))
@@ -78,7 +87,7 @@ def main() -> None:
             ax.set_title(title, fontsize=9)
             ax.axis("off")
         fig.suptitle(
-            "SSAE Anomaly, Slicer's axial view rendered headless: aggregated score as heat overlay, segment 'Anomaly aggregated'",
+            f"SSAE Anomaly, Slicer's axial view rendered headless: default map ({chosen}) as heat overlay and its segment, after scanner adaptation",
             fontsize=9,
         )
         fig.tight_layout()
@@ -86,6 +95,7 @@ def main() -> None:
         fig.savefig(args.output_dir / "slicer_views.png", dpi=100)
     print(f"wrote {args.output_dir / 'slicer_views.png'}")
     render_clinical(args.output_dir / "clinical_raw.png", args.device)
+    render_batch(args.output_dir / "batch_results.png", args.device)
 
 
 def render_clinical(output: Path, device: str) -> None:
@@ -103,7 +113,8 @@ def render_clinical(output: Path, device: str) -> None:
     # three acquired slices through the brain (RAS S of slice centres; the volume is oblique)
     centre = [s / 2 for s in image.GetSize()]
     picks = [int(image.GetSize()[2] * f) for f in (0.45, 0.6, 0.75)]
-    calibrated = params.threshold_of("aggregated")
+    chosen = params.score_map
+    calibrated = params.threshold_of(chosen)
     with tempfile.TemporaryDirectory() as tmp:
         fig, axes = plt.subplots(2, 3, figsize=(13, 9.4))
         for row, factor in enumerate((1.0, 0.6)):
@@ -118,8 +129,73 @@ def render_clinical(output: Path, device: str) -> None:
                 ax.axis("off")
         quality = logic.registration or {}
         fig.suptitle(
-            "Raw clinical FLAIR (skull, oblique, 0.72x0.72x4 mm) on its own grid: aggregated score (heat) and mask (red), calibrated threshold (top) "
+            f"Raw clinical FLAIR (skull, oblique, 0.72x0.72x4 mm) on its own grid: {chosen} map (heat) and mask, calibrated threshold (top) "
             f"and slider lowered (bottom); registration check {'passed' if quality.get('passed') else 'FAILED'}",
+            fontsize=9,
+        )
+        fig.tight_layout()
+        fig.savefig(output, dpi=100)
+    print(f"wrote {output}")
+
+
+def render_batch(output: Path, device: str) -> None:
+    """The batch section's result: every loaded volume with its own maps, and the cohort table."""
+    from ssae.background import wait_for
+
+    scene, app_logic = headless_scene()
+    renderer = SliceViewRenderer(scene, app_logic, 360, 360)
+    sources = {
+        "MSLUB patient07": sample_case_dir().parent / "patient07" / "flair.nii.gz",
+        "MSLUB patient19": sample_case_dir() / "flair.nii.gz",
+        "clinical FLAIR": REPO / "Resources" / "SampleData" / "ClinicalRaw" / "patient01_study1_FLAIR.nii.gz",
+    }
+    volumes, images = [], []
+    for name, path in sources.items():
+        image = sitk.ReadImage(str(path))
+        volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        update_volume_node_from_image(volume, image)
+        volume.CreateDefaultDisplayNodes()
+        volumes.append(volume)
+        images.append(image)
+    logic = AnomalyLogic(scene)
+    params = logic.parameters
+    params.model_path, params.device = str(default_model_path()), device
+    job = logic.start_batch_detection(volumes=volumes)
+    if wait_for(job.command, timeout_s=900) != 0:
+        raise SystemExit("\n".join(job.command.new_lines()))
+    rows = logic.load_batch(job)
+    chosen = params.score_map
+    segmentations = list(scene.GetNodesByClass("vtkMRMLSegmentationNode"))
+    with tempfile.TemporaryDirectory() as tmp:
+        fig = plt.figure(figsize=(12, 6.4))
+        grid = fig.add_gridspec(2, 3, height_ratios=[4, 1.3])
+        for column, (volume, image) in enumerate(zip(volumes, images)):
+            score = next(
+                n
+                for n in scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+                if n.GetName().startswith(f"{volume.GetName()} anomaly")
+                and n.GetAttribute("SSAE.calibratedThreshold")
+                and chosen in n.GetName().lower()
+            )
+            show_in_slice_views(scene, volume, score)
+            for segmentation in segmentations:  # only this volume's lesions
+                segmentation.GetDisplayNode().SetVisibility(segmentation.GetName().startswith(volume.GetName()))
+            mask = array_from_volume_node(score) > float(score.GetAttribute("SSAE.calibratedThreshold"))
+            k = int(np.argmax(mask.reshape(mask.shape[0], -1).sum(axis=1))) if mask.any() else image.GetSize()[2] // 2
+            centre = [s / 2 for s in image.GetSize()]
+            offset = image.TransformContinuousIndexToPhysicalPoint((centre[0], centre[1], k))[2]
+            ax = fig.add_subplot(grid[0, column])
+            ax.imshow(plt.imread(renderer.save_png(Path(tmp) / f"{column}.png", offset)))
+            ax.set_title(f"{volume.GetName()} (slice {k})", fontsize=9)
+            ax.axis("off")
+        columns = ["volume", "status", "lesion_count", "total_volume_ml", "threshold", "adapted", "registration_check"]
+        names = {f"scan{index + 1:03d}": volume.GetName() for index, volume in enumerate(volumes)}
+        cells = [[names.get(row["case"], row["case"]) if c == "volume" else row.get(c, "") for c in columns] for row in rows]
+        ax = fig.add_subplot(grid[1, :])
+        ax.axis("off")
+        ax.table(cellText=cells, colLabels=columns, loc="center", fontsize=9).scale(1, 1.3)
+        fig.suptitle(
+            f"SSAE Anomaly batch: three loaded volumes in one background run, each with its own {chosen} map and lesion segment; the cohort table",
             fontsize=9,
         )
         fig.tight_layout()

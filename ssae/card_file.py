@@ -2,8 +2,9 @@
 
 A model file is a safetensors file: 8 bytes of header length (little-endian), a JSON header
 whose ``__metadata__`` holds the model card (JSON text under ``ssae_model_card``) and the card's
-SHA-256 (``ssae_card_sha256``), then the weights. Reading the card needs nothing but the
-standard library; verifying the weights needs torch (:mod:`ssae.checkpoint`).
+SHA-256 (``ssae_card_sha256``), then the weights. Reading the card and verifying the weights'
+SHA-256 need nothing but the standard library (``ssae info`` and the Slicer panel run before
+torch exists); loading the weights is :mod:`ssae.checkpoint`'s.
 """
 
 from __future__ import annotations
@@ -23,6 +24,20 @@ FORMAT = "ssae-model"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 MAX_HEADER_BYTES = 100_000_000
+# safetensors dtype -> torch's name of it: the weights' SHA-256 hashes the torch name
+# (ssae.checkpoint.weights_digest), so that both readers agree byte for byte.
+TORCH_DTYPES = {
+    "F64": "torch.float64",
+    "F32": "torch.float32",
+    "F16": "torch.float16",
+    "BF16": "torch.bfloat16",
+    "I64": "torch.int64",
+    "I32": "torch.int32",
+    "I16": "torch.int16",
+    "I8": "torch.int8",
+    "U8": "torch.uint8",
+    "BOOL": "torch.bool",
+}
 
 
 def card_checksum(card_text: str) -> str:
@@ -35,6 +50,12 @@ def _no_constants(name: str) -> None:
 
 def read_metadata(path: Path) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file's header."""
+    metadata = read_header(path)[0].get("__metadata__") or {}
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def read_header(path: Path) -> tuple[dict[str, Any], int]:
+    """A safetensors file's JSON header and where its data start, checked against the file size."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(8)
@@ -56,8 +77,28 @@ def read_metadata(path: Path) -> dict[str, str]:
             raise ValueError(f"the file ends at {size} bytes, its header declares {8 + length + data_end}")
     except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError) as exc:
         raise SSAEError(f"{path.name} is not an SSAE model file (unreadable, truncated or another format: {exc})") from None
-    metadata = header.get("__metadata__") or {}
-    return metadata if isinstance(metadata, dict) else {}
+    return header, 8 + length
+
+
+def verify_weights(path: str | os.PathLike[str], card: dict[str, Any]) -> None:
+    """Check the weights against the card's SHA-256 without torch (same digest as
+    :func:`ssae.checkpoint.weights_digest`: name, shape, dtype and bytes, in name order)."""
+    path = Path(path)
+    header, start = read_header(path)
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for name in sorted(k for k in header if k != "__metadata__"):
+                entry = header[name]
+                begin, end = (int(v) for v in entry["data_offsets"])
+                shape = tuple(int(v) for v in entry["shape"])
+                digest.update(f"{name}|{shape}|{TORCH_DTYPES[entry['dtype']]}|".encode())
+                handle.seek(start + begin)
+                digest.update(handle.read(end - begin))
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise SSAEError(f"{path.name}: cannot read the weights (truncated or corrupt file: {exc})") from None
+    if digest.hexdigest() != card.get("weights_sha256"):
+        raise SSAEError(f"{path.name}: the weights do not match the model card's checksum (the file was modified or is corrupt)")
 
 
 def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -78,7 +119,9 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise SSAEError(f"{path.name} is not an SSAE model (format {card.get('format') if isinstance(card, dict) else None!r})")
     version = card.get("format_version")
     if version not in READABLE_VERSIONS:
-        raise SSAEError(f"{path.name} has model format version {version}; this ssae reads versions {', '.join(map(str, READABLE_VERSIONS))}")
+        raise SSAEError(
+            f"{path.name} has model format version {version}; this ssae reads versions {', '.join(map(str, READABLE_VERSIONS))}"
+        )
     if version >= 2 and metadata.get(CHECKSUM_KEY) != card_checksum(metadata[CARD_KEY]):
         raise SSAEError(f"{path.name}: the model card does not match its checksum (the file was modified or is corrupt)")
     return card

@@ -230,9 +230,6 @@ def save_model(model: ScaleSpaceAutoencoder, card: ModelCard, path: str | os.Pat
     return path
 
 
-
-
-
 @dataclass
 class LoadedModel:
     model: ScaleSpaceAutoencoder

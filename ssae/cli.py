@@ -74,12 +74,24 @@ def _build_parser() -> argparse.ArgumentParser:
         help="folder of brain masks named after the subjects (else masks beside the scans, else a foreground mask)",
     )
     model = train.add_argument_group("model")
-    model.add_argument("--variant", choices=("dense", "spatial", "vae"), default="dense", help="bottleneck: dense AE, spatial AE or dense VAE")
-    model.add_argument("--size", type=positive_int, default=defaults.TRAIN_SIZE, help=f"input size in pixels, a power of two (default: {defaults.TRAIN_SIZE})")
     model.add_argument(
-        "--levels", type=positive_int, default=defaults.TRAIN_LEVELS, help=f"pyramid levels; 1 trains a plain autoencoder (default: {defaults.TRAIN_LEVELS})"
+        "--variant", choices=("dense", "spatial", "vae"), default="dense", help="bottleneck: dense AE, spatial AE or dense VAE"
     )
-    model.add_argument("--base-filters", type=positive_int, help="filters of the first convolution (default: 16 for scale-space, 32 for plain models)")
+    model.add_argument(
+        "--size",
+        type=positive_int,
+        default=defaults.TRAIN_SIZE,
+        help=f"input size in pixels, a power of two (default: {defaults.TRAIN_SIZE})",
+    )
+    model.add_argument(
+        "--levels",
+        type=positive_int,
+        default=defaults.TRAIN_LEVELS,
+        help=f"pyramid levels; 1 trains a plain autoencoder (default: {defaults.TRAIN_LEVELS})",
+    )
+    model.add_argument(
+        "--base-filters", type=positive_int, help="filters of the first convolution (default: 16 for scale-space, 32 for plain models)"
+    )
     model.add_argument("--max-filters", type=positive_int, help="filter cap (default: 96 for scale-space, 128 for plain models)")
     model.add_argument("--latent-dim", type=positive_int, default=128, help="dense bottleneck size (default: 128)")
     prep = train.add_argument_group("preprocessing (stored in the model card; detection repeats it)")
@@ -90,7 +102,10 @@ def _build_parser() -> argparse.ArgumentParser:
         help="register every scan to the MNI152 template and work on the atlas's slice grid (default: on)",
     )
     prep.add_argument(
-        "--bias-correction", action=argparse.BooleanOptionalAction, default=defaults.TRAIN_BIAS_CORRECTION, help="N4 bias-field correction first (default: on)"
+        "--bias-correction",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.TRAIN_BIAS_CORRECTION,
+        help="N4 bias-field correction first (default: on)",
     )
     prep.add_argument(
         "--clip-max",
@@ -99,27 +114,46 @@ def _build_parser() -> argparse.ArgumentParser:
         help="upper clip of the normalised intensities, or 'none' to keep lesions brighter than the 98th percentile unsaturated (default: none)",
     )
     fit = train.add_argument_group("optimisation")
-    fit.add_argument("--epochs", type=positive_int, default=defaults.TRAIN_EPOCHS, help=f"maximum epochs per level (default: {defaults.TRAIN_EPOCHS})")
     fit.add_argument(
-        "--patience", type=positive_int, default=defaults.TRAIN_PATIENCE, help=f"early stopping: epochs without improvement (default: {defaults.TRAIN_PATIENCE})"
+        "--epochs", type=positive_int, default=defaults.TRAIN_EPOCHS, help=f"maximum epochs per level (default: {defaults.TRAIN_EPOCHS})"
+    )
+    fit.add_argument(
+        "--patience",
+        type=positive_int,
+        default=defaults.TRAIN_PATIENCE,
+        help=f"early stopping: epochs without improvement (default: {defaults.TRAIN_PATIENCE})",
     )
     fit.add_argument("--batch-size", type=positive_int, default=8, help="slices per batch (default: 8)")
     fit.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default: 1e-3)")
     fit.add_argument("--val-fraction", type=fraction, default=0.2, help="share of subjects held out for validation (default: 0.2)")
     fit.add_argument("--seed", type=nonnegative_int, default=0, help="random seed, recorded in the model card (default: 0)")
-    fit.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on with CUDA, off on CPU)")
+    fit.add_argument(
+        "--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on with CUDA, off on CPU)"
+    )
     post = train.add_argument_group("detection settings stored in the model card")
     post.add_argument(
-        "--threshold-percentile", type=percentile, default=99.9, help="label-free threshold: this percentile of healthy validation scores (default: 99.9)"
+        "--threshold-percentile",
+        type=percentile,
+        default=99.9,
+        help="label-free threshold: this percentile of healthy validation scores (default: 99.9)",
     )
-    post.add_argument("--score-map", choices=MAP_CHOICES, default=defaults.DEFAULT_SCORE_MAP, help="the map that draws the lesion mask (default: prior)")
-    post.add_argument("--median-size", type=odd_size, default=5, help="3D median filter size in full-resolution voxels, 1 disables (default: 5)")
+    post.add_argument(
+        "--score-map", choices=MAP_CHOICES, default=defaults.DEFAULT_SCORE_MAP, help="the map that draws the lesion mask (default: prior)"
+    )
+    post.add_argument(
+        "--median-size", type=odd_size, default=5, help="3D median filter size in full-resolution voxels, 1 disables (default: 5)"
+    )
     post.add_argument("--brain-erosion", type=nonnegative_int, default=2, help="in-plane erosion of the brain mask in pixels (default: 2)")
     post.add_argument("--min-lesion-mm3", type=nonnegative_float, default=10.0, help="drop mask components smaller than this (default: 10)")
     post.add_argument(
-        "--prior-factor", type=positive_float, default=1.3, help="hyper-intensity prior: brighter than this times the scan's median brain intensity (default: 1.3)"
+        "--prior-factor",
+        type=positive_float,
+        default=1.3,
+        help="hyper-intensity prior: brighter than this times the scan's median brain intensity (default: 1.3)",
     )
-    post.add_argument("--prior-percentile", type=percentile, help="use the authors' prior instead: brighter than this percentile of the scan's brain")
+    post.add_argument(
+        "--prior-percentile", type=percentile, help="use the authors' prior instead: brighter than this percentile of the scan's brain"
+    )
     post.add_argument("--fusion-exponent", type=nonnegative_float, default=6.0, help="fused map: aggregated x FLAIR^exponent (default: 6)")
     post.add_argument("--no-adapt-by-default", action="store_true", help="the model card does not ask detection to adapt to each scan")
     _add_adaptation(train, "scanner adaptation recorded in the model card (and used to calibrate its adapted thresholds)")
@@ -158,12 +192,20 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     detect.add_argument("model", type=Path, help="model file (.safetensors)")
-    detect.add_argument("image", type=Path, help="FLAIR volume (NIfTI, NRRD, MHA, ... or a DICOM series folder), or a folder / CSV of scans")
-    detect.add_argument("-o", "--output-dir", type=Path, default=Path("ssae-output"), help="folder for the results (default: ./ssae-output)")
-    detect.add_argument("--brain-mask", type=Path, help="brain mask on the image's grid (one image only; default: the atlas's or a foreground mask)")
+    detect.add_argument(
+        "image", type=Path, help="FLAIR volume (NIfTI, NRRD, MHA, ... or a DICOM series folder), or a folder / CSV of scans"
+    )
+    detect.add_argument(
+        "-o", "--output-dir", type=Path, default=Path("ssae-output"), help="folder for the results (default: ./ssae-output)"
+    )
+    detect.add_argument(
+        "--brain-mask", type=Path, help="brain mask on the image's grid (one image only; default: the atlas's or a foreground mask)"
+    )
     detect.add_argument("--brain-masks", type=Path, help="folder of brain masks named after the scans (cohorts)")
     detect.add_argument("--score-map", choices=MAP_CHOICES, help="the map that draws the mask (default: the model card's)")
-    detect.add_argument("--threshold", type=positive_float, help="lesion threshold of that map (default: its label-free calibrated threshold)")
+    detect.add_argument(
+        "--threshold", type=positive_float, help="lesion threshold of that map (default: its label-free calibrated threshold)"
+    )
     detect.add_argument(
         "--adapt",
         action=argparse.BooleanOptionalAction,
@@ -188,12 +230,20 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     evaluate.add_argument("model", type=Path, help="model file (.safetensors)")
-    evaluate.add_argument("data", type=Path, help="folder of labelled scans (MSLUB, BraTS layouts) or a CSV manifest (image, label, brain_mask)")
     evaluate.add_argument(
-        "-o", "--output-dir", type=Path, default=Path("ssae-evaluation"), help="folder for metrics.json, cases.csv, pr_curve.png (default: ./ssae-evaluation)"
+        "data", type=Path, help="folder of labelled scans (MSLUB, BraTS layouts) or a CSV manifest (image, label, brain_mask)"
+    )
+    evaluate.add_argument(
+        "-o",
+        "--output-dir",
+        type=Path,
+        default=Path("ssae-evaluation"),
+        help="folder for metrics.json, cases.csv, pr_curve.png (default: ./ssae-evaluation)",
     )
     evaluate.add_argument("--brain-masks", type=Path, help="folder of brain masks named after the cases")
-    evaluate.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=None, help="adapt to each scan (default: as the model card recommends)")
+    evaluate.add_argument(
+        "--adapt", action=argparse.BooleanOptionalAction, default=None, help="adapt to each scan (default: as the model card recommends)"
+    )
     evaluate.add_argument("--no-scales", action="store_true", help="no per-level maps")
     evaluate.add_argument("--overwrite", action="store_true", help="replace existing result files")
     _add_device(evaluate)
@@ -208,7 +258,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     prep.add_argument("input", type=Path, help="a FLAIR volume, a folder of scans or a CSV manifest")
     prep.add_argument("-o", "--output-dir", type=Path, required=True, help="folder for the results")
-    prep.add_argument("--brain-mask", type=Path, help="brain mask on the image's grid (single image only; else masks beside the scans are used)")
+    prep.add_argument(
+        "--brain-mask", type=Path, help="brain mask on the image's grid (single image only; else masks beside the scans are used)"
+    )
     prep.add_argument("--brain-masks", type=Path, help="folder of brain masks named after the cases")
     prep.add_argument("--no-bias-correction", action="store_true", help="skip N4 bias-field correction")
     prep.add_argument("--overwrite", action="store_true", help="replace existing result files")
@@ -332,7 +384,9 @@ def _adapt(args: argparse.Namespace) -> None:
     settings = _adaptation_settings(args, base)
     progress = ProgressLog(args.progress_log, stderr_terminal())
     try:
-        report = adapt_to_site(loaded, cases, _dataset_name(args.data), settings, args.output, device, args.cache_dir, args.overwrite, progress)
+        report = adapt_to_site(
+            loaded, cases, _dataset_name(args.data), settings, args.output, device, args.cache_dir, args.overwrite, progress
+        )
         progress.event("done", model=str(args.output), duration_s=round(report.seconds, 1))
     finally:
         progress.close()
@@ -348,7 +402,9 @@ def _detect(args: argparse.Namespace) -> int:
     from .detection import Detector
 
     detector = Detector.from_file(args.model, args.device, args.batch_size)
-    if args.adapt is False and any(v is not None for v in (args.adapt_epochs, args.adapt_lr, args.adapt_exclude_percentile, args.adapt_seed)):
+    if args.adapt is False and any(
+        v is not None for v in (args.adapt_epochs, args.adapt_lr, args.adapt_exclude_percentile, args.adapt_seed)
+    ):
         raise SSAEError("the --adapt-* settings need adaptation; drop --no-adapt")
     card_default = detector.default_adaptation()
     wanted = args.adapt if args.adapt is not None else card_default is not None
@@ -366,7 +422,9 @@ def _detect(args: argparse.Namespace) -> int:
     if is_cohort(args.image):
         if args.brain_mask:
             raise SSAEError("--brain-mask is for a single image; use --brain-masks for a folder or CSV of scans")
-        summary = detect_cohort(detector, args.image, args.output_dir, args.brain_masks, progress_log=args.progress_log, log=print, **options)
+        summary = detect_cohort(
+            detector, args.image, args.output_dir, args.brain_masks, progress_log=args.progress_log, log=print, **options
+        )
         print(f"{summary.succeeded} of {summary.total} scan(s) done; cohort table: {summary.table}")
         if summary.failed:
             print(f"ssae: {summary.failed} scan(s) failed; their errors are in {summary.table}", file=sys.stderr)
@@ -462,10 +520,11 @@ def _preprocess(args: argparse.Namespace) -> None:
 def _info(args: argparse.Namespace) -> None:
     import json
 
-    from .card_file import describe_card
+    from .card_file import describe_card, verify_weights
     from .checkpoint import read_model_card
 
     card = read_model_card(args.model)
+    verify_weights(args.model, card)
     print(json.dumps(card, indent=2) if args.json else describe_card(card))
 
 

@@ -205,7 +205,9 @@ class Detector:
         detector, adapted = self, None
         if adaptation is not None:
             t0 = time.perf_counter()
-            detector, adapted = self.adapted_to(prepared.slices, prepared.brain, adaptation, lambda f, m: report(0.05 + adapt_share * f, m), should_cancel)
+            detector, adapted = self.adapted_to(
+                prepared.slices, prepared.brain, adaptation, lambda f, m: report(0.05 + adapt_share * f, m), should_cancel
+            )
             timings["adapt_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()

@@ -115,7 +115,9 @@ def evaluate(
         maps = {name: sitk.GetArrayFromImage(score)[counted] for name, score in result.maps.items()}
         maps[RAW_FLAIR] = intensity_score(image, result.prepared)[counted]
         strong = strong_intensity_score(result.prepared, card.postprocessing.brain_erosion)
-        strong_image = to_input_grid_many({"strong": strong}, result.prepared.grid, image, result.prepared.transform, result.prepared.brain_mask)
+        strong_image = to_input_grid_many(
+            {"strong": strong}, result.prepared.grid, image, result.prepared.transform, result.prepared.brain_mask
+        )
         maps[STRONG_FLAIR] = sitk.GetArrayFromImage(strong_image["strong"])[counted]
         labels = truth[counted]
         pool.add(labels, maps)
@@ -185,7 +187,15 @@ def cases_csv(report: EvaluationReport) -> str:
     for case in report.cases:
         t = case.at_threshold
         writer.writerow(
-            [case.name, case.lesion_voxels, f"{case.lesion_ml:.3f}", f"{case.predicted_ml:.3f}", _fmt(t["dice"]), _fmt(t["precision"]), _fmt(t["recall"])]
+            [
+                case.name,
+                case.lesion_voxels,
+                f"{case.lesion_ml:.3f}",
+                f"{case.predicted_ml:.3f}",
+                _fmt(t["dice"]),
+                _fmt(t["precision"]),
+                _fmt(t["recall"]),
+            ]
             + [_fmt(case.auprc.get(n)) for n in names]
         )
     return buffer.getvalue()

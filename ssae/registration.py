@@ -30,7 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import SSAEError
-from .preprocessing import fill_holes_per_slice, foreground_mask
+from .foreground import fill_holes_per_slice, foreground_mask
 from .resources import atlas_folder
 
 ATLAS_FILES = {

@@ -37,8 +37,10 @@ def volume_stem(path: Path) -> str:
     return path.stem
 
 
-def read_volume(path: str | os.PathLike[str], what: str = "image") -> sitk.Image:
+def read_volume(path: str | os.PathLike[str], what: str = "image", allow_constant: bool = False) -> sitk.Image:
     """Read a 3D scalar volume from any file SimpleITK reads, or from a DICOM series folder.
+
+    ``allow_constant`` is for results (an empty lesion mask is a valid answer), never for scans.
 
     NIfTI files are checked byte by byte first (:func:`check_nifti_payload`): ITK's NIfTI reader
     fills a truncated file's missing voxels with zeros and turns NaN voxels into zeros, so
@@ -63,7 +65,7 @@ def read_volume(path: str | os.PathLike[str], what: str = "image") -> sitk.Image
             image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise SSAEError(f"cannot read {what} {path}: {_itk_reason(exc)}") from None
-    check_volume(image, f"{what} {path.name}")
+    check_volume(image, f"{what} {path.name}", allow_constant)
     return image
 
 
@@ -97,7 +99,9 @@ def check_nifti_payload(path: Path, what: str = "image") -> None:
         else:
             data = path.read_bytes()
     except (OSError, EOFError, zlib.error) as exc:
-        raise SSAEError(f"cannot read {what} {path.name}: the file is truncated or corrupt ({exc}); copy it again from its source") from None
+        raise SSAEError(
+            f"cannot read {what} {path.name}: the file is truncated or corrupt ({exc}); copy it again from its source"
+        ) from None
     header = _nifti_header(data)
     if header is None:
         return  # not a NIfTI header we know: ITK will say what it thinks of the file
@@ -134,8 +138,8 @@ def _nifti_header(data: bytes) -> tuple[int, tuple[int, ...], str] | None:
     return None
 
 
-def check_volume(image: sitk.Image, what: str = "image") -> None:
-    """Refuse anything that is not a finite, non-constant 3D scalar volume."""
+def check_volume(image: sitk.Image, what: str = "image", allow_constant: bool = False) -> None:
+    """Refuse anything that is not a finite, non-constant (unless allowed) 3D scalar volume."""
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise SSAEError(f"{what} has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar volume is needed")
     dim = image.GetDimension()
@@ -147,7 +151,7 @@ def check_volume(image: sitk.Image, what: str = "image") -> None:
     array = sitk.GetArrayViewFromImage(image)
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise SSAEError(f"{what} contains NaN or infinite voxels")
-    if array.min() == array.max():
+    if not allow_constant and array.min() == array.max():
         raise SSAEError(f"{what} is empty or constant (every voxel is {array.flat[0]})")
     if min(size) < MIN_SIDE:
         raise SSAEError(f"{what} has size {size}: too small for a brain MRI volume (at least {MIN_SIDE} voxels along every axis)")
@@ -232,9 +236,11 @@ def os_errors(action: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded", errno.EROFS: "the file system is read-only"}.get(
-            exc.errno or 0, exc.strerror or str(exc)
-        )
+        reason = {
+            errno.ENOSPC: "the disk is full",
+            errno.EDQUOT: "the disk quota is exceeded",
+            errno.EROFS: "the file system is read-only",
+        }.get(exc.errno or 0, exc.strerror or str(exc))
         raise SSAEError(f"{action}: {reason}") from None
 
 
@@ -260,9 +266,7 @@ def check_output_folder(folder: Path, needed_bytes: int = 0) -> None:
         os.unlink(probe)
         free = shutil.disk_usage(existing).free
     if needed_bytes and free < needed_bytes:
-        raise SSAEError(
-            f"not enough free space for {folder}: about {needed_bytes / 1e6:.0f} MB are needed, {free / 1e6:.0f} MB are free"
-        )
+        raise SSAEError(f"not enough free space for {folder}: about {needed_bytes / 1e6:.0f} MB are needed, {free / 1e6:.0f} MB are free")
 
 
 def volume_bytes(image: sitk.Image) -> int:

@@ -203,7 +203,10 @@ class AnomalyLogic:
         volume = self.scene.GetNodeByID(scan.volume_id)
         if volume is None or volume.GetName() != scan.volume_name:
             raise SSAEError(f"the volume {scan.volume_name!r} that was processed is no longer in the scene; its results were not loaded")
-        maps = {p.name[len(stem) + 1 : -len(".nrrd")]: read_volume(p, "result") for p in sorted(folder.glob(f"{stem}_*.nrrd"))}
+        maps = {
+            p.name[len(stem) + 1 : -len(".nrrd")]: read_volume(p, "result", allow_constant=True)
+            for p in sorted(folder.glob(f"{stem}_*.nrrd"))
+        }
         maps = {name: image for name, image in maps.items() if name not in ("lesion_mask", "brainmask")}
         if "aggregated" not in maps:
             raise SSAEError("the detection process wrote no results")
@@ -267,7 +270,9 @@ class AnomalyLogic:
             if (output / "cohort.csv").exists():
                 raise SSAEError(f"{output} already holds a cohort.csv; choose another folder")
         inputs = JobInputs(tuple(scans), model_path, card, self._adapt(card), self.parameters.device, self._job_score_map(card))
-        command = BackgroundCommand(self._command_args(inputs, source, output, workdir / "progress.jsonl"), python, env, workdir / "progress.jsonl")
+        command = BackgroundCommand(
+            self._command_args(inputs, source, output, workdir / "progress.jsonl"), python, env, workdir / "progress.jsonl"
+        )
         command.start()
         return DetectionJob(command=command, workdir=workdir, inputs=inputs, output=output, cohort=True, keep_output=keep)
 
@@ -289,7 +294,18 @@ class AnomalyLogic:
     def _cohort_table_node(self, rows: list[dict[str, str]], inputs: JobInputs):
         names = {scan.case: scan.volume_name for scan in inputs.scans}
         node = self.scene.AddNewNodeByClass("vtkMRMLTableNode", self.scene.GenerateUniqueName("SSAE cohort"))
-        columns = ["case", "volume", "status", "lesion_count", "total_volume_ml", "threshold", "adapted", "registration_check", "warnings", "error"]
+        columns = [
+            "case",
+            "volume",
+            "status",
+            "lesion_count",
+            "total_volume_ml",
+            "threshold",
+            "adapted",
+            "registration_check",
+            "warnings",
+            "error",
+        ]
         table = node.GetTable()
         for column in columns:
             array = vtk.vtkStringArray()
@@ -365,7 +381,11 @@ class AnomalyLogic:
     def remove_results(self) -> None:
         """Remove the nodes of the last detection (only when the user asked to replace them)."""
         params = self.parameters
-        nodes = [params.result_volume(n) for n in params.result_maps()] + [params.segmentation, params.statistics_table, params.atlas_transform]
+        nodes = [params.result_volume(n) for n in params.result_maps()] + [
+            params.segmentation,
+            params.statistics_table,
+            params.atlas_transform,
+        ]
         with params.batch():
             for node in nodes:
                 if node is not None:
@@ -399,7 +419,9 @@ class AnomalyLogic:
                 params.set_threshold_of(name, threshold)
             value = params.threshold_of(name) if params.has_threshold(name) else float(node.GetAttribute("SSAE.calibratedThreshold") or 0.0)
             style_score_volume(node, value)
-            lesions = update_segment(segmentation, ensure_segment(segmentation, name, segment_name(name)), node, value, params.min_lesion_mm3)
+            lesions = update_segment(
+                segmentation, ensure_segment(segmentation, name, segment_name(name)), node, value, params.min_lesion_mm3
+            )
             if name == params.score_map:
                 fill_lesion_table(table, lesions)
                 self._show_only_selected_segment()

@@ -33,8 +33,7 @@ TERMINOLOGY_FILE = Path(__file__).resolve().parent.parent / "Resources" / "Termi
 TERMINOLOGY_CONTEXT = "SSAE anomaly segmentation category and type"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 LESION_TERMINOLOGY = (
-    f"{TERMINOLOGY_CONTEXT}~SCT^49755003^Morphologically Altered Structure~SCT^52988006^Lesion~^^"
-    f"~{ANATOMIC_CONTEXT}~SCT^12738006^Brain~^^"
+    f"{TERMINOLOGY_CONTEXT}~SCT^49755003^Morphologically Altered Structure~SCT^52988006^Lesion~^^~{ANATOMIC_CONTEXT}~SCT^12738006^Brain~^^"
 )
 SEGMENT_COLORS = {
     "aggregated": (0.90, 0.10, 0.10),

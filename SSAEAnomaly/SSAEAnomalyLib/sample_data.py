@@ -32,7 +32,7 @@ SAMPLES = (
     ),
     (
         "SSAE raw clinical FLAIR",
-        "Raw clinical FLAIR\n(skull, oblique, 3 mm slices)",
+        "Raw clinical FLAIR\n(skull, oblique, 4 mm slices)",
         ("ClinicalRaw/patient01_study1_FLAIR.nii.gz",),
         ("clinical patient01 FLAIR",),
         ("VolumeFile",),

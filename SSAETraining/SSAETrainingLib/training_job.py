@@ -66,7 +66,17 @@ class TrainingRequest:
 
     def arguments(self, progress_log: Path) -> list[str]:
         if self.mode == "adapt":
-            args = ["adapt", self.base_model, self.data_folder, "-o", self.output, "--device", self.device, "--progress-log", str(progress_log)]
+            args = [
+                "adapt",
+                self.base_model,
+                self.data_folder,
+                "-o",
+                self.output,
+                "--device",
+                self.device,
+                "--progress-log",
+                str(progress_log),
+            ]
             if self.brain_masks_folder:
                 args += ["--brain-masks", self.brain_masks_folder]
             return args + (["--overwrite"] if self.overwrite else [])

@@ -1,0 +1,518 @@
+"""Bad inputs and faults, tried as separate `ssae` processes: prints N/M handled.
+
+Each case runs the real command line on the shipped model and sample scan and checks the
+contract of README "Errors and guarantees": a bad input or flag ends with exit code 2 and one
+line "ssae: error: ..." (no traceback) before the work starts; an interrupted or failed run
+leaves nothing under a final name and the next run succeeds; what is written is complete.
+
+    python bench/fuzz.py [--only SUBSTRING] [--keep]
+
+Cases that need root (a 2 MB tmpfs for a full disk, a read-only mount) are skipped with a
+message elsewhere. Takes about 3-4 minutes on two CPU cores (a dozen real detections).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+MODEL = REPOSITORY / "Resources" / "Models" / "ssae-dense-nichart.safetensors"
+SAMPLE = REPOSITORY / "Resources" / "SampleData" / "MSLUB" / "patient19"
+SSAE = [sys.executable, "-m", "ssae"]
+FAST = ["--no-adapt", "--no-scales"]  # the contract does not depend on adaptation or per-level maps
+
+
+class Skip(Exception):
+    """The case cannot run on this machine (said why)."""
+
+
+@dataclass
+class Outcome:
+    code: int
+    err: str
+    seconds: float
+
+
+def run(args: list, timeout: float = 300, env: dict | None = None) -> Outcome:
+    start = time.monotonic()
+    done = subprocess.run(SSAE + [str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env, cwd=WORK)
+    return Outcome(done.returncode, done.stderr, time.monotonic() - start)
+
+
+def final_files(folder: Path) -> list[str]:
+    """Files under final names (hidden temporaries and staging folders excluded)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.exists() else []
+
+
+def expect_error(outcome: Outcome, message: str = "", within_s: float | None = None) -> None:
+    lines = outcome.err.strip().splitlines()
+    assert outcome.code == 2, f"exit {outcome.code}: {lines[-3:]}"
+    assert lines and lines[-1].startswith("ssae: error:"), f"last line {lines[-1:]!r}"
+    assert "Traceback" not in outcome.err, "traceback printed"
+    assert message.lower() in lines[-1].lower(), f"{lines[-1]!r} does not mention {message!r}"
+    if within_s is not None:
+        assert outcome.seconds < within_s, f"refused only after {outcome.seconds:.1f} s"
+
+
+def summary_of(folder: Path) -> dict:
+    (path,) = folder.glob("*summary.json")  # named after the scan: <scan>_summary.json
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def complete_set(folder: Path) -> None:
+    summary = summary_of(folder)
+    for name, path in summary["files"].items():
+        image = Path(path)
+        assert image.is_file(), f"{name} missing"
+        if image.name.endswith((".nii.gz", ".nrrd", ".nii", ".mha")):
+            sitk.ReadImage(str(image))  # decodes completely
+
+
+def write_like(reference: sitk.Image, array: np.ndarray, path: Path) -> Path:
+    image = sitk.GetImageFromArray(array)
+    if array.ndim == 3:
+        image.CopyInformation(reference)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+# -- the cases ----------------------------------------------------------------------------------
+
+
+def flair_array() -> tuple[sitk.Image, np.ndarray]:
+    image = sitk.ReadImage(str(SAMPLE / "flair.nii.gz"))
+    return image, sitk.GetArrayFromImage(image).astype(np.float32)
+
+
+def case_missing_image() -> None:
+    expect_error(run(["detect", MODEL, WORK / "nope.nii.gz", "-o", WORK / "o"]), "not found", 10)
+
+
+def case_missing_model() -> None:
+    expect_error(run(["detect", WORK / "nope.safetensors", FLAIR, "-o", WORK / "o"]), "not found", 10)
+
+
+def case_folder_as_model() -> None:
+    expect_error(run(["detect", WORK, FLAIR, "-o", WORK / "o"]), "folder", 10)
+
+
+def case_foreign_model() -> None:
+    path = WORK / "notes.safetensors"
+    path.write_text("hello", encoding="utf-8")
+    expect_error(run(["detect", path, FLAIR, "-o", WORK / "o"]), "", 10)
+
+
+def case_pickle_as_model() -> None:
+    import pickle
+
+    marker = WORK / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    path = WORK / "model.pt"
+    path.write_bytes(pickle.dumps(Payload()))
+    expect_error(run(["detect", path, FLAIR, "-o", WORK / "o"]), "", 10)
+    assert not marker.exists(), "the pickle was executed"
+
+
+def case_truncated_model() -> None:
+    path = WORK / "truncated.safetensors"
+    path.write_bytes(MODEL.read_bytes()[: MODEL.stat().st_size // 2])
+    expect_error(run(["detect", path, FLAIR, "-o", WORK / "o"]), "", 10)
+
+
+def edited_card_model() -> Path:
+    """The shipped model with one threshold in its card changed (same header length)."""
+    data = bytearray(MODEL.read_bytes())
+    (length,) = struct.unpack("<Q", data[:8])
+    header = data[8 : 8 + length].decode("utf-8")
+    card = json.loads(json.loads(header)["__metadata__"]["ssae_model_card"])
+    value = json.dumps(card["thresholds"]["aggregated"])
+    edited = header.replace(value, value[:-1] + ("1" if value[-1] != "1" else "2"), 1)
+    assert edited != header and len(edited) == len(header)
+    data[8 : 8 + length] = edited.encode("utf-8")
+    path = WORK / "edited.safetensors"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def case_edited_card_detect() -> None:
+    expect_error(run(["detect", edited_card_model(), FLAIR, "-o", WORK / "o"]), "checksum", 10)
+
+
+def case_edited_card_info() -> None:
+    expect_error(run(["info", edited_card_model()]), "checksum", 10)
+
+
+def case_tampered_weights() -> None:
+    data = bytearray(MODEL.read_bytes())
+    data[-1000] ^= 0x5A
+    path = WORK / "tampered.safetensors"
+    path.write_bytes(bytes(data))
+    expect_error(run(["detect", path, FLAIR, "-o", WORK / "o"]), "checksum", 10)
+
+
+def case_truncated_gzip() -> None:
+    path = WORK / "t.nii.gz"
+    path.write_bytes(FLAIR.read_bytes()[: FLAIR.stat().st_size // 2])
+    expect_error(run(["detect", MODEL, path, "-o", WORK / "o"]), "truncated", 10)
+
+
+def case_truncated_nii() -> None:
+    path = WORK / "t.nii"
+    path.write_bytes(gzip.decompress(FLAIR.read_bytes())[:-5000])
+    expect_error(run(["detect", MODEL, path, "-o", WORK / "o"]), "truncated", 10)
+
+
+def case_not_an_image() -> None:
+    path = WORK / "fake.nii.gz"
+    path.write_bytes(b"\x00" * 4000)
+    expect_error(run(["detect", MODEL, path, "-o", WORK / "o"]), "", 10)
+
+
+def _bad_voxels(value: float, everywhere: bool = False) -> Path:
+    image, array = flair_array()
+    if everywhere:
+        array[:] = value
+    else:
+        array[array.shape[0] // 2, 100:110, 100:110] = value
+    return write_like(image, array, WORK / f"bad{value}{everywhere}.nii.gz")
+
+
+def case_nan_voxels() -> None:
+    expect_error(run(["detect", MODEL, _bad_voxels(np.nan), "-o", WORK / "o"]), "finite", 10)
+
+
+def case_inf_voxels() -> None:
+    expect_error(run(["detect", MODEL, _bad_voxels(np.inf), "-o", WORK / "o"]), "finite", 10)
+
+
+def case_all_nan() -> None:
+    outcome = run(["detect", MODEL, _bad_voxels(np.nan, everywhere=True), "-o", WORK / "o"])
+    expect_error(outcome, "finite", 10)
+    assert "every voxel is" not in outcome.err
+
+
+def case_constant_image() -> None:
+    expect_error(run(["detect", MODEL, _bad_voxels(0.0, everywhere=True), "-o", WORK / "o"]), "", 10)
+
+
+def case_nan_in_preprocess() -> None:
+    expect_error(run(["preprocess", _bad_voxels(np.nan), "-o", WORK / "p"]), "finite", 10)
+
+
+def case_two_dimensional() -> None:
+    image, array = flair_array()
+    path = write_like(image, array[array.shape[0] // 2], WORK / "slice.nii.gz")
+    expect_error(run(["detect", MODEL, path, "-o", WORK / "o"]), "3D", 10)
+
+
+def case_four_dimensional() -> None:
+    image, array = flair_array()
+    path = WORK / "4d.nii.gz"
+    sitk.WriteImage(sitk.JoinSeries([image, image]), str(path))
+    expect_error(run(["detect", MODEL, path, "-o", WORK / "o"]), "3D", 10)
+
+
+def case_tiny_volume() -> None:
+    path = WORK / "tiny.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((3, 3, 3), dtype=np.float32)), str(path))
+    expect_error(run(["detect", MODEL, path, "-o", WORK / "o"]), "", 10)
+    outcome = run(["preprocess", path, "-o", WORK / "p"])
+    expect_error(outcome, "", 10)
+    assert "itk::" not in outcome.err and "ITK ERROR" not in outcome.err, "raw ITK text"
+
+
+def case_mask_wrong_grid() -> None:
+    image, array = flair_array()
+    mask = sitk.GetImageFromArray((array[::2] > 0).astype(np.uint8))
+    path = WORK / "mask_grid.nii.gz"
+    sitk.WriteImage(mask, str(path))
+    expect_error(run(["detect", MODEL, FLAIR, "--brain-mask", path, "-o", WORK / "o"]), "", 10)
+
+
+def case_empty_brain_mask() -> None:
+    image, array = flair_array()
+    path = write_like(image, np.zeros(array.shape, np.uint8), WORK / "empty_mask.nii.gz")
+    expect_error(run(["detect", MODEL, FLAIR, "--brain-mask", path, "-o", WORK / "o"]), "empty", 10)
+    expect_error(run(["preprocess", FLAIR, "--brain-mask", path, "-o", WORK / "p"]), "empty", 10)
+
+
+def _flag(*flags: str, command: str = "detect", message: str = "") -> Callable[[], None]:
+    def case() -> None:
+        if command == "detect":
+            args = ["detect", MODEL, FLAIR, "-o", WORK / "o", *flags]
+        else:
+            args = ["train", TRAIN_FOLDER, "-o", WORK / "m.safetensors", *flags]
+        expect_error(run(args), message, 10)
+        assert not final_files(WORK / "o")
+
+    return case
+
+
+def case_scaled_1e30() -> None:
+    image, array = flair_array()
+    scaled = write_like(image, array * np.float32(1e30), WORK / "scaled.nii.gz")
+    first, second = WORK / "unit", WORK / "scaled"
+    for source, out in [(FLAIR, first), (scaled, second)]:
+        outcome = run(["detect", MODEL, source, "-o", out, *FAST])
+        assert outcome.code == 0, outcome.err[-500:]
+    a, b = summary_of(first), summary_of(second)
+    assert "CT" not in json.dumps(b.get("warnings", [])), "called CT"
+    va, vb = a["total_volume_ml"], b["total_volume_ml"]
+    assert abs(va - vb) <= 0.02 * max(va, 1.0), f"lesion volume {va} ml vs {vb} ml"
+
+
+def case_non_ascii_path() -> None:
+    folder = WORK / "Müller Ærø 患者"
+    folder.mkdir()
+    source = folder / "flair ü.nii.gz"
+    shutil.copy(FLAIR, source)
+    outcome = run(["detect", MODEL, source, "-o", folder / "résultats", *FAST])
+    assert outcome.code == 0, outcome.err[-500:]
+    complete_set(folder / "résultats")
+
+
+def case_output_is_a_file() -> None:
+    target = WORK / "a_file"
+    target.write_text("x", encoding="utf-8")
+    expect_error(run(["detect", MODEL, FLAIR, "-o", target]), "", 10)
+    assert target.read_text(encoding="utf-8") == "x"
+
+
+def case_output_under_proc() -> None:
+    expect_error(run(["detect", MODEL, FLAIR, "-o", "/proc/ssae-out"]), "", 10)
+
+
+def _mount_tmpfs(folder: Path, options: str) -> None:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        raise Skip("needs root to mount a tmpfs")
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise Skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
+    MOUNTS.append(folder)
+
+
+def case_read_only_output() -> None:
+    folder = WORK / "ro"
+    if os.geteuid() == 0:
+        _mount_tmpfs(folder, "size=1m,ro")
+    else:
+        folder.mkdir()
+        folder.chmod(0o555)
+    expect_error(run(["detect", MODEL, FLAIR, "-o", folder / "out"]), "", 10)
+
+
+def case_disk_full() -> None:
+    folder = WORK / "small"
+    _mount_tmpfs(folder, "size=2m")
+    outcome = run(["detect", MODEL, FLAIR, "-o", folder / "out", *FAST])
+    expect_error(outcome, "space", 10)
+    assert not final_files(folder / "out") and not final_files(folder)
+
+
+def case_existing_results_refused_up_front() -> None:
+    outcome = run(["detect", MODEL, FLAIR, "-o", WORK / "done", *FAST])
+    assert outcome.code == 0, outcome.err[-500:]
+    before = {p.name: p.stat().st_mtime_ns for p in (WORK / "done").iterdir()}
+    expect_error(run(["detect", MODEL, FLAIR, "-o", WORK / "done", *FAST]), "exist", 8)
+    assert before == {p.name: p.stat().st_mtime_ns for p in (WORK / "done").iterdir()}, "results touched"
+
+
+def case_demo_twice() -> None:
+    outcome = run(["demo", "-o", WORK / "demo"])
+    assert outcome.code == 0, outcome.err[-500:]
+    expect_error(run(["demo", "-o", WORK / "demo"]), "exist", 8)
+
+
+def _interrupt(name: str, stop: Callable[[subprocess.Popen, Path], None], after: str) -> None:
+    """Start a detection, stop it when its progress log shows `after`, check the contract."""
+    out, log, stop_file = WORK / f"stopped-{name}", WORK / f"{name}.jsonl", WORK / f"{name}.stop"
+    env = dict(os.environ, SSAE_STOP_FILE=str(stop_file))
+    args = ["detect", MODEL, FLAIR, "-o", out, "--progress-log", log, "--adapt", "--adapt-epochs", "2"]
+    process = subprocess.Popen(SSAE + [str(a) for a in args], stderr=subprocess.PIPE, text=True, env=env, cwd=WORK)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if log.exists() and after in log.read_text(encoding="utf-8"):
+            stop(process, stop_file)
+            break
+        time.sleep(0.05)
+    err = process.communicate(timeout=120)[1]
+    assert "Traceback" not in err, err[-500:]
+    if process.returncode == 0:  # finished before the stop arrived: then the set is complete
+        complete_set(out)
+    else:
+        assert process.returncode in (130, -signal.SIGKILL, 128 + signal.SIGTERM), f"exit {process.returncode}"
+        assert not final_files(out), f"left {final_files(out)}"
+    outcome = run(["detect", MODEL, FLAIR, "-o", out, *FAST, "--overwrite"])
+    assert outcome.code == 0, f"rerun failed: {outcome.err[-300:]}"
+    complete_set(out)
+
+
+def case_sigint_while_adapting() -> None:
+    _interrupt("sigint-adapt", lambda p, f: p.send_signal(signal.SIGINT), "adapting")
+
+
+def case_sigterm_while_writing() -> None:
+    _interrupt("sigterm-write", lambda p, f: p.send_signal(signal.SIGTERM), '"fraction": 1.0')
+
+
+def case_stop_file_while_forward() -> None:
+    _interrupt("stopfile", lambda p, f: f.touch(), "reconstructed")
+
+
+def case_sigkill_while_writing() -> None:
+    _interrupt("sigkill", lambda p, f: p.kill(), '"fraction": 1.0')
+
+
+def case_concurrent_writers() -> None:
+    out = WORK / "concurrent"
+    args = SSAE + [str(a) for a in ["detect", MODEL, FLAIR, "-o", out, *FAST]]
+    processes = [subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=WORK) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in processes]
+    codes = sorted(code for code, _ in results)
+    assert codes in ([0, 0], [0, 2]), f"exit codes {codes}"
+    for code, err in results:
+        assert "Traceback" not in err, err[-300:]
+    complete_set(out)
+
+
+def case_train_truncated_scan() -> None:
+    folder = WORK / "train_truncated"
+    shutil.copytree(TRAIN_FOLDER, folder)
+    scan = folder / "patient07" / "flair.nii.gz"
+    scan.write_bytes(scan.read_bytes()[: scan.stat().st_size // 2])
+    expect_error(run(["train", folder, "-o", WORK / "m.safetensors", "--epochs", "1"]), "truncated", 30)
+    assert not (WORK / "m.safetensors").exists()
+
+
+def case_evaluate_without_lesions() -> None:
+    folder = WORK / "nolesions" / "patient19"
+    folder.mkdir(parents=True)
+    shutil.copy(FLAIR, folder / "flair.nii.gz")
+    image = sitk.ReadImage(str(SAMPLE / "consensus_gt.nii.gz"))
+    write_like(image, np.zeros(sitk.GetArrayFromImage(image).shape, np.uint8), folder / "consensus_gt.nii.gz")
+    outcome = run(["evaluate", MODEL, WORK / "nolesions", "-o", WORK / "ev", "--no-adapt", "--no-scales"])
+    assert outcome.code == 0, outcome.err[-500:]
+    text = (WORK / "ev" / "metrics.json").read_text(encoding="utf-8")
+    assert "NaN" not in text and "Infinity" not in text, "non-JSON numbers"
+    assert "warning" in outcome.err, "no warning for undefined metrics"
+
+
+CASES: dict[str, Callable[[], None]] = {
+    "missing image": case_missing_image,
+    "missing model": case_missing_model,
+    "folder given as the model": case_folder_as_model,
+    "foreign file as the model": case_foreign_model,
+    "pickle as the model (never unpickled)": case_pickle_as_model,
+    "truncated model file": case_truncated_model,
+    "model card edited (detect)": case_edited_card_detect,
+    "model card edited (info)": case_edited_card_info,
+    "weights tampered": case_tampered_weights,
+    "truncated .nii.gz": case_truncated_gzip,
+    "truncated .nii": case_truncated_nii,
+    "not an image": case_not_an_image,
+    "NaN voxels": case_nan_voxels,
+    "Inf voxels": case_inf_voxels,
+    "all-NaN volume": case_all_nan,
+    "constant volume": case_constant_image,
+    "NaN voxels (preprocess)": case_nan_in_preprocess,
+    "2D image": case_two_dimensional,
+    "4D image": case_four_dimensional,
+    "3x3x3 volume (detect, preprocess)": case_tiny_volume,
+    "brain mask on another grid": case_mask_wrong_grid,
+    "empty brain mask (detect, preprocess)": case_empty_brain_mask,
+    "--batch-size -1": _flag("--batch-size", "-1"),
+    "--batch-size 0": _flag("--batch-size", "0"),
+    "--threshold nan": _flag("--threshold", "nan"),
+    "--threshold -1": _flag("--threshold", "-1"),
+    "--threshold inf": _flag("--threshold", "inf"),
+    "--adapt-epochs 0": _flag("--adapt", "--adapt-epochs", "0"),
+    "--adapt-lr nan": _flag("--adapt", "--adapt-lr", "nan"),
+    "--adapt-exclude-percentile 150": _flag("--adapt", "--adapt-exclude-percentile", "150"),
+    "--device cuda:7 without that GPU": _flag("--device", "cuda:7"),
+    "--format bogus": _flag("--format", "bogus"),
+    "train --lr nan": _flag("--lr", "nan", command="train"),
+    "train --lr -1": _flag("--lr", "-1", command="train"),
+    "train --epochs 0": _flag("--epochs", "0", command="train"),
+    "train --val-fraction 1.5": _flag("--val-fraction", "1.5", command="train"),
+    "output folder is a file": case_output_is_a_file,
+    "output folder under /proc": case_output_under_proc,
+    "read-only output folder": case_read_only_output,
+    "disk full (2 MB tmpfs)": case_disk_full,
+    "existing results refused before the work": case_existing_results_refused_up_front,
+    "demo run twice": case_demo_twice,
+    "intensities x 1e30": case_scaled_1e30,
+    "non-ASCII paths": case_non_ascii_path,
+    "SIGINT while adapting": case_sigint_while_adapting,
+    "SIGTERM while writing": case_sigterm_while_writing,
+    "stop file (GUI cancel) during the forward pass": case_stop_file_while_forward,
+    "SIGKILL while writing": case_sigkill_while_writing,
+    "two detections into one folder at once": case_concurrent_writers,
+    "train: one truncated scan among good ones": case_train_truncated_scan,
+    "evaluate: labels without lesions": case_evaluate_without_lesions,
+}
+
+WORK = Path()
+FLAIR = SAMPLE / "flair.nii.gz"
+TRAIN_FOLDER = REPOSITORY / "Resources" / "SampleData" / "MSLUB"
+MOUNTS: list[Path] = []
+
+
+def main() -> int:
+    global WORK
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="", help="run only the cases whose name contains this")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="ssae-fuzz-"))
+    handled, failed, skipped = 0, [], []
+    cases = {name: case for name, case in CASES.items() if args.only.lower() in name.lower()}
+    try:
+        for index, (name, case) in enumerate(cases.items()):
+            WORK = scratch / f"case{index:02d}"
+            WORK.mkdir()
+            start = time.monotonic()
+            try:
+                case()
+            except Skip as reason:
+                skipped.append(name)
+                print(f"SKIP  {name}: {reason}", flush=True)
+                continue
+            except (AssertionError, subprocess.TimeoutExpired, OSError, KeyError, ValueError) as problem:
+                failed.append(name)
+                print(f"FAIL  {name}: {type(problem).__name__}: {problem}", flush=True)
+                continue
+            handled += 1
+            print(f"ok    {name} ({time.monotonic() - start:.1f} s)", flush=True)
+    finally:
+        for folder in MOUNTS:
+            subprocess.run(["umount", str(folder)], check=False)
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+    tried = len(cases) - len(skipped)
+    print(f"\n{handled}/{tried} cases handled" + (f", {len(skipped)} skipped" if skipped else ""))
+    return 0 if not failed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""`python -m ssae` runs the command line, as the `ssae` script does."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
