@@ -110,3 +110,18 @@ def oblique_direction(degrees: float = 20.0) -> tuple[float, ...]:
     rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
     rz = np.array([[np.cos(b), -np.sin(b), 0], [np.sin(b), np.cos(b), 0], [0, 0, 1]])
     return tuple((rz @ rx).ravel())
+
+
+def cli_refuses(capsys, argv, message: str) -> str:
+    """Run ``ssae argv`` in-process and check the refusal contract: exit 2, warnings first, then
+    one line ``ssae: error: ...`` naming ``message``, no traceback. Returns the error line."""
+    from ssae.cli import main
+
+    code = main([str(a) for a in argv])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, lines
+    *warnings, err = lines
+    assert err.startswith("ssae: error:") and message in err, lines
+    assert all(w.startswith("ssae: warning:") for w in warnings), lines
+    assert "Traceback" not in err
+    return err

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import cli_refuses
 
 from ssae.checkpoint import Calibration, ModelCard, save_model
 from ssae.cli import main
@@ -26,17 +27,6 @@ def untrained_model(tmp_path_factory) -> Path:
     )
     torch.manual_seed(0)
     return save_model(build_model(arch), card, tmp_path_factory.mktemp("untrained") / "model.safetensors")
-
-
-def _fails(capsys, argv, message):
-    code = main([str(a) for a in argv])
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, lines
-    *warnings, err = lines
-    assert err.startswith("ssae: error:") and message in err, lines
-    assert all(w.startswith("ssae: warning:") for w in warnings), lines  # one error line, after any warnings
-    assert "Traceback" not in err
-    return err
 
 
 def _write(array, path, spacing=None):
@@ -83,7 +73,7 @@ def test_detect_writes_maps_mask_and_summary_on_the_input_grid(tiny_model, small
     assert "lesion(s)" in capsys.readouterr().out
     # A second run refuses to overwrite, and leaves the files as they were.
     before = (out / "flair_summary.json").read_bytes()
-    _fails(capsys, ["detect", tiny_model, image_path, "-o", out, "--format", "nrrd", "--figure"], "already exists")
+    cli_refuses(capsys, ["detect", tiny_model, image_path, "-o", out, "--format", "nrrd", "--figure"], "already exists")
     assert (out / "flair_summary.json").read_bytes() == before
     assert main(["detect", str(tiny_model), str(image_path), "-o", str(out), "--format", "nrrd", "--overwrite", "--threshold", "0.5"]) == 0
 
@@ -126,7 +116,7 @@ def test_bad_images_are_refused_with_one_line(untrained_model, tmp_path, capsys)
     garbage.write_bytes(b"this is not an image")
     cases["unreadable"] = (garbage, "cannot read")
     for path, message in cases.values():
-        _fails(capsys, ["detect", untrained_model, path, "-o", out], message)
+        cli_refuses(capsys, ["detect", untrained_model, path, "-o", out], message)
     assert not out.exists()
 
 
@@ -135,7 +125,7 @@ def test_brain_mask_with_other_geometry_is_refused(untrained_model, small_cases,
     mask = sitk.Cast(image > 0, sitk.sitkUInt8)
     mask.SetSpacing([s * 1.5 for s in image.GetSpacing()])
     sitk.WriteImage(mask, str(tmp_path / "mask.nii.gz"))
-    _fails(
+    cli_refuses(
         capsys,
         [
             "detect",
@@ -152,17 +142,17 @@ def test_brain_mask_with_other_geometry_is_refused(untrained_model, small_cases,
 
 def test_bad_training_data_and_checkpoints(untrained_model, small_cases, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    _fails(capsys, ["train", tmp_path / "empty", "-o", tmp_path / "m.safetensors"], "no scans found")
+    cli_refuses(capsys, ["train", tmp_path / "empty", "-o", tmp_path / "m.safetensors"], "no scans found")
     one = tmp_path / "one"
     one.mkdir()
     (one / "patient07").symlink_to(small_cases / "patient07")
-    _fails(capsys, ["train", one, "-o", tmp_path / "m.safetensors"], "at least 2 subjects")
+    cli_refuses(capsys, ["train", one, "-o", tmp_path / "m.safetensors"], "at least 2 subjects")
     assert not (tmp_path / "m.safetensors").exists()
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(untrained_model.read_bytes()[:5000])
-    _fails(capsys, ["info", truncated], "not an SSAE model file")
-    _fails(capsys, ["detect", truncated, small_cases / "patient07" / "flair.nii.gz", "-o", tmp_path / "o"], "SSAE model")
-    _fails(capsys, ["train", small_cases, "-o", untrained_model], "already exists")
+    cli_refuses(capsys, ["info", truncated], "not an SSAE model file")
+    cli_refuses(capsys, ["detect", truncated, small_cases / "patient07" / "flair.nii.gz", "-o", tmp_path / "o"], "SSAE model")
+    cli_refuses(capsys, ["train", small_cases, "-o", untrained_model], "already exists")
 
 
 def test_the_installed_command_exits_2_without_traceback(tmp_path):

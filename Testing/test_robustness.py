@@ -18,21 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import cli_refuses
 
 from ssae import volume_io
 from ssae.cli import main
 from ssae.errors import SSAEError
-
-
-def _fails(capsys, argv, message):
-    code = main([str(a) for a in argv])
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, lines
-    *warnings, err = lines
-    assert err.startswith("ssae: error:") and message in err, lines
-    assert all(w.startswith("ssae: warning:") for w in warnings), lines  # one error line, after any warnings
-    assert "Traceback" not in err
-    return err
 
 
 def _final_files(folder: Path) -> list[str]:
@@ -51,14 +41,14 @@ def flair(small_cases) -> Path:
 def test_a_truncated_nifti_is_refused_by_detect_and_by_train(tiny_model, flair, small_cases, tmp_path, capsys):
     truncated = tmp_path / "t.nii.gz"
     truncated.write_bytes(flair.read_bytes()[: flair.stat().st_size // 2])
-    _fails(capsys, ["detect", tiny_model, truncated, "-o", tmp_path / "out"], "truncated")
+    cli_refuses(capsys, ["detect", tiny_model, truncated, "-o", tmp_path / "out"], "truncated")
     uncompressed = tmp_path / "u.nii"
     uncompressed.write_bytes(gzip.decompress(flair.read_bytes())[:-5000])
-    _fails(capsys, ["detect", tiny_model, uncompressed, "-o", tmp_path / "out"], "truncated")
+    cli_refuses(capsys, ["detect", tiny_model, uncompressed, "-o", tmp_path / "out"], "truncated")
     training = tmp_path / "train"
     shutil.copytree(small_cases, training)
     (training / "patient07" / "flair.nii.gz").write_bytes(truncated.read_bytes())
-    _fails(
+    cli_refuses(
         capsys, ["train", training, "-o", tmp_path / "m.safetensors", "--quiet", "--no-atlas", "--cache-dir", tmp_path / "c"], "truncated"
     )
     assert not (tmp_path / "out").exists() and not (tmp_path / "m.safetensors").exists()
@@ -73,28 +63,28 @@ def test_nan_and_infinite_voxels_are_refused_by_detect_and_preprocess(tiny_model
     spoiled.CopyInformation(image)
     path = tmp_path / "spoiled.nii.gz"
     sitk.WriteImage(spoiled, str(path))
-    _fails(capsys, ["detect", tiny_model, path, "-o", tmp_path / "out"], "NaN or infinite")
-    _fails(capsys, ["preprocess", path, "-o", tmp_path / "prep"], "NaN or infinite")
+    cli_refuses(capsys, ["detect", tiny_model, path, "-o", tmp_path / "out"], "NaN or infinite")
+    cli_refuses(capsys, ["preprocess", path, "-o", tmp_path / "prep"], "NaN or infinite")
     everything = sitk.GetImageFromArray(np.full_like(array, np.nan))
     everything.CopyInformation(image)
     sitk.WriteImage(everything, str(path))
-    _fails(capsys, ["detect", tiny_model, path, "-o", tmp_path / "out"], "(all of them)")
+    cli_refuses(capsys, ["detect", tiny_model, path, "-o", tmp_path / "out"], "(all of them)")
 
 
 def test_a_folder_given_as_the_model_is_named_as_such(flair, tmp_path, capsys):
-    _fails(capsys, ["detect", tmp_path, flair, "-o", tmp_path / "out"], "is a folder")
+    cli_refuses(capsys, ["detect", tmp_path, flair, "-o", tmp_path / "out"], "is a folder")
 
 
 def test_preprocess_explains_a_tiny_volume_and_an_empty_mask(flair, tmp_path, capsys):
     tiny = sitk.GetImageFromArray(np.random.default_rng(0).random((3, 4, 4)).astype(np.float32))
     sitk.WriteImage(tiny, str(tmp_path / "tiny.nii.gz"))
-    err = _fails(capsys, ["preprocess", tmp_path / "tiny.nii.gz", "-o", tmp_path / "p"], "")
+    err = cli_refuses(capsys, ["preprocess", tmp_path / "tiny.nii.gz", "-o", tmp_path / "p"], "")
     assert "itk::" not in err and "too small" in err
     image = sitk.ReadImage(str(flair))
     empty = sitk.Image(image.GetSize(), sitk.sitkUInt8)
     empty.CopyInformation(image)
     sitk.WriteImage(empty, str(tmp_path / "empty_mask.nii.gz"))
-    err = _fails(capsys, ["preprocess", flair, "--brain-mask", tmp_path / "empty_mask.nii.gz", "-o", tmp_path / "p"], "empty")
+    err = cli_refuses(capsys, ["preprocess", flair, "--brain-mask", tmp_path / "empty_mask.nii.gz", "-o", tmp_path / "p"], "empty")
     assert "itk::" not in err
 
 
@@ -115,14 +105,14 @@ def test_preprocess_explains_a_tiny_volume_and_an_empty_mask(flair, tmp_path, ca
 )
 def test_every_numeric_detect_flag_is_checked_before_any_work(tiny_model, flair, tmp_path, capsys, flags, message):
     started = time.perf_counter()
-    _fails(capsys, ["detect", tiny_model, flair, "-o", tmp_path / "out", *flags], message)
+    cli_refuses(capsys, ["detect", tiny_model, flair, "-o", tmp_path / "out", *flags], message)
     assert time.perf_counter() - started < 2.0
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("flags", [["--lr", "nan"], ["--lr", "-1"], ["--epochs", "0"], ["--val-fraction", "1.5"], ["--median-size", "4"]])
 def test_every_numeric_train_flag_is_checked(small_cases, tmp_path, capsys, flags):
-    _fails(capsys, ["train", small_cases, "-o", tmp_path / "m.safetensors", *flags], flags[0])
+    cli_refuses(capsys, ["train", small_cases, "-o", tmp_path / "m.safetensors", *flags], flags[0])
 
 
 # -- where results go ----------------------------------------------------------------------------------
@@ -133,7 +123,7 @@ def test_an_unusable_output_folder_is_refused_before_the_computation(tiny_model,
     a_file.write_text("not a folder", encoding="utf-8")
     for target, message in ((a_file, "is a file"), (Path("/proc/ssae-results"), "cannot write")):
         started = time.perf_counter()
-        _fails(capsys, ["detect", tiny_model, flair, "-o", target], message)
+        cli_refuses(capsys, ["detect", tiny_model, flair, "-o", target], message)
         assert time.perf_counter() - started < 5.0  # refused before preprocessing, adaptation and the model run
 
 
@@ -159,7 +149,7 @@ def test_a_full_disk_is_refused_up_front_and_leaves_nothing(tiny_model, flair, t
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode != 0:
         pytest.skip("this machine cannot mount a tmpfs")
     try:
-        _fails(capsys, ["detect", tiny_model, flair, "-o", mount / "out"], "not enough free space")
+        cli_refuses(capsys, ["detect", tiny_model, flair, "-o", mount / "out"], "not enough free space")
         assert _final_files(mount / "out") == []
         (mount / "filler").write_bytes(b"")
         with pytest.raises(SSAEError, match="disk is full|incomplete"):  # past the up-front check: the write itself fails
@@ -288,7 +278,7 @@ def test_an_empty_brain_mask_is_a_clear_error(tiny_model, flair, tmp_path, capsy
     with pytest.raises(SSAEError, match="empty"):
         bias_correct(image, empty)
     sitk.WriteImage(empty, str(tmp_path / "empty.nii.gz"))
-    _fails(capsys, ["detect", tiny_model, flair, "--brain-mask", tmp_path / "empty.nii.gz", "-o", tmp_path / "out"], "empty")
+    cli_refuses(capsys, ["detect", tiny_model, flair, "--brain-mask", tmp_path / "empty.nii.gz", "-o", tmp_path / "out"], "empty")
 
 
 # -- a fresh clone's frictions ---------------------------------------------------------------------------
@@ -299,7 +289,7 @@ def test_demo_refuses_an_existing_output_before_any_work(tmp_path, capsys):
     out.mkdir()
     (out / "demo_summary.json").write_text("{}", encoding="utf-8")
     started = time.perf_counter()
-    _fails(capsys, ["demo", "-o", out], "already exists")
+    cli_refuses(capsys, ["demo", "-o", out], "already exists")
     assert time.perf_counter() - started < 5.0
 
 
