@@ -20,6 +20,7 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ssae.datasets import find_cases
+from ssae.errors import SSAEError
 from ssae.registration import align_to_atlas, bias_correct, load_atlas, warp_atlas_brain
 from ssae.volume_io import read_mask, read_volume
 
@@ -43,13 +44,19 @@ def main() -> None:
     sets["clinical-raw"] = find_cases(args.data / "clinical-raw")
     print(f"{'set':13s} {'scan':24s} {'N4 s':>6s} {'reg s':>6s} {'check':>6s} {'in head':>8s} {'Dice warped':>12s} {'Dice cleaned':>12s}")
     summary: dict[str, list[float]] = {}
+    refused: dict[str, list[str]] = {}
     for name, cases in sets.items():
         for case in cases:
             image = read_volume(case.image)
             t0 = time.perf_counter()
             corrected = bias_correct(image)
             t_n4 = time.perf_counter() - t0
-            alignment = align_to_atlas(corrected)
+            try:
+                alignment = align_to_atlas(corrected)
+            except SSAEError as error:  # a refused registration is a result too: count it, go on
+                refused.setdefault(name, []).append(case.name)
+                print(f"{name:13s} {case.name[:24]:24s} {t_n4:6.1f} {'-':>6s} {'REFUSED':>6s}  {error}", flush=True)
+                continue
             warped_text = cleaned_text = "-"
             if case.brain_mask is not None:
                 truth = sitk.GetArrayFromImage(read_mask(case.brain_mask, image, "brain mask")).astype(bool)
@@ -65,6 +72,8 @@ def main() -> None:
             )
     for name, values in summary.items():
         print(f"{name}: mean Dice {np.mean(values):.3f} (min {np.min(values):.3f}, max {np.max(values):.3f}, n={len(values)})")
+    for name, cases in refused.items():
+        print(f"{name}: registration refused for {len(cases)} scan(s): {', '.join(cases)}")
 
 
 if __name__ == "__main__":
