@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 
 from ssae.adaptation import AdaptationSettings
 from ssae.baselines import intensity_score, strong_intensity_score
-from ssae.datasets import Case, cached_alignment, find_cases, read_case_volumes
+from ssae.datasets import PREPROCESSING_VERSION, Case, cached_alignment, find_cases, read_case_volumes
 from ssae.detection import Detector
 from ssae.metrics import average_precision, best_dice, overlap
 from ssae.postprocessing import PostprocessingSettings, combined_maps, eroded_brain, residual_scores, score_maps
@@ -121,7 +121,7 @@ def load_cases(data: Path, val_subjects: list[str], detector: Detector, work: Pa
         for case in cases:
             log(f"preparing {dataset} {case.name}")
             image, brain, label = read_case_volumes(case, need_label=True)
-            corrected_path = work / "corrected" / f"{case.name}.nii.gz"
+            corrected_path = work / f"corrected-v{PREPROCESSING_VERSION}" / f"{case.name}.nii.gz"
             if corrected_path.exists():
                 corrected = sitk.ReadImage(str(corrected_path))
             else:
@@ -293,7 +293,7 @@ def main() -> None:
                 for ds in datasets:
                     cases = []
                     for dev in (d for d in devs if d.dataset == ds):
-                        corrected = sitk.ReadImage(str(work / "corrected" / f"{dev.case.name}.nii.gz"))
+                        corrected = sitk.ReadImage(str(work / f"corrected-v{PREPROCESSING_VERSION}" / f"{dev.case.name}.nii.gz"))
                         settings = replace(other.card.preprocessing, bias_correction=False)
                         prepared = prepare_volume(corrected, settings, read_case_volumes(dev.case)[1], dev.prepared.alignment)
                         other_dev = DevCase(dev.dataset, dev.case, dev.image, prepared, dev.counted, dev.labels)

@@ -218,8 +218,13 @@ class SliceStack:
         return np.concatenate([np.arange(*self.volume_ranges[n]) for n in names]) if names else np.zeros(0, int)
 
 
+# Part of every cache key: bump it whenever preprocessing code (N4, registration, slicing)
+# changes what it computes, so that caches written by older code are never reused.
+PREPROCESSING_VERSION = 2
+
+
 def cache_key(cases: list[Case], settings: PreprocessingSettings) -> str:
-    parts = {"settings": settings.to_dict(), "cases": [], "version": 1}
+    parts = {"settings": settings.to_dict(), "cases": [], "version": PREPROCESSING_VERSION}
     for case in cases:
         parts["cases"].append(
             {
@@ -278,7 +283,9 @@ def cached_alignment(
     ``image`` is the scan as registered: already N4-corrected when ``bias_correction`` is set.
     """
     digest = hashlib.sha256(
-        json.dumps([_file_digest(case.image), _file_digest(case.brain_mask) if case.brain_mask else None, bias_correction]).encode()
+        json.dumps(
+            [_file_digest(case.image), _file_digest(case.brain_mask) if case.brain_mask else None, bias_correction, PREPROCESSING_VERSION]
+        ).encode()
     ).hexdigest()[:24]
     folder = cache_root / "alignments" / digest
     if (folder / "quality.json").exists():

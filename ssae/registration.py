@@ -92,7 +92,11 @@ def bias_correct(image: sitk.Image, mask: sitk.Image | None = None, fit_spacing_
     unit = float(np.percentile(np.abs(inside_values), 99)) or 1.0
     source = sitk.Cast(image, sitk.sitkFloat32) * (1.0 / unit)
     low = float(np.percentile(inside_values, 1)) / unit
-    shift = 1.0 - min(low, 0.0)  # N4 works on log intensities: keep them positive
+    # N4 works on log intensities: keep them positive with an offset that is small against the
+    # unit scale (1e-3 of it). An offset of 1, negligible for intensities in the hundreds, is as
+    # large as the signal at unit scale: the corrected scan then loses its contrast and can go
+    # negative, and registration fails on it.
+    shift = 1e-3 - min(low, 0.0)
     positive = source + shift
     factors = [max(1, min(round(fit_spacing_mm / spacing), size // 16)) for spacing, size in zip(image.GetSpacing(), image.GetSize())]
     corrector = sitk.N4BiasFieldCorrectionImageFilter()
