@@ -37,6 +37,20 @@ def module_parameter_node(scene, module_name: str):
     return node
 
 
+class NodeReference:
+    """A node reference of the parameter node as an attribute: reads the referenced node, and
+    writes the reference only when it changes (an unchanged write would still notify)."""
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+
+    def __get__(self, parameters: AnomalyParameters | None, owner: type | None = None):
+        return self if parameters is None else parameters._node(self.role)
+
+    def __set__(self, parameters: AnomalyParameters, node) -> None:
+        parameters._set_node(self.role, node)
+
+
 class AnomalyParameters:
     """Typed view of the module's parameter node (created on first use, one per scene)."""
 
@@ -133,53 +147,12 @@ class AnomalyParameters:
         if self.node.GetNodeReferenceID(role) != new_id:
             self.node.SetNodeReferenceID(role, new_id)
 
-    @property
-    def input_volume(self):
-        return self._node("inputVolume")
-
-    @input_volume.setter
-    def input_volume(self, node) -> None:
-        self._set_node("inputVolume", node)
-
-    @property
-    def brain_mask(self):
-        return self._node("brainMask")
-
-    @brain_mask.setter
-    def brain_mask(self, node) -> None:
-        self._set_node("brainMask", node)
-
-    @property
-    def segmentation(self):
-        return self._node("segmentation")
-
-    @segmentation.setter
-    def segmentation(self, node) -> None:
-        self._set_node("segmentation", node)
-
-    @property
-    def statistics_table(self):
-        return self._node("statisticsTable")
-
-    @statistics_table.setter
-    def statistics_table(self, node) -> None:
-        self._set_node("statisticsTable", node)
-
-    @property
-    def atlas_transform(self):
-        return self._node("atlasTransform")
-
-    @atlas_transform.setter
-    def atlas_transform(self, node) -> None:
-        self._set_node("atlasTransform", node)
-
-    @property
-    def cohort_table(self):
-        return self._node("cohortTable")
-
-    @cohort_table.setter
-    def cohort_table(self, node) -> None:
-        self._set_node("cohortTable", node)
+    input_volume = NodeReference("inputVolume")
+    brain_mask = NodeReference("brainMask")
+    segmentation = NodeReference("segmentation")
+    statistics_table = NodeReference("statisticsTable")
+    atlas_transform = NodeReference("atlasTransform")
+    cohort_table = NodeReference("cohortTable")
 
     def result_volume(self, map_name: str):
         return self._node(f"{RESULT_VOLUME_ROLE}/{map_name}")
