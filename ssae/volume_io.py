@@ -258,8 +258,8 @@ def check_output_folder(folder: Path, needed_bytes: int = 0) -> None:
             break
         existing = existing.parent
     if not existing.is_dir():
-        what = "the output folder" if existing == folder else f"{existing}, a parent of the output folder,"
-        raise SSAEError(f"{what} {folder if existing == folder else ''}is a file; choose a folder".replace("  ", " "))
+        what = f"the output folder {folder}" if existing == folder else f"{existing}, a parent of the output folder,"
+        raise SSAEError(f"{what} is a file; choose a folder")
     with os_errors(f"cannot write into {folder}"):
         fd, probe = tempfile.mkstemp(prefix=".ssae-write-test-", dir=existing)
         os.close(fd)
