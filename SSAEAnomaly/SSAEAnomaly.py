@@ -1,8 +1,9 @@
 """SSAE Anomaly: detect, inspect, threshold and export brain FLAIR anomalies in 3D Slicer.
 
 Thin layer over ``SSAEAnomalyLib`` (scene adapters, testable without Qt) and the ``ssae``
-engine: the widget loads its .ui, mirrors the parameter node and runs detection as a
-background ``ssae detect`` process polled by a timer, so Slicer stays responsive. Nothing here
+engine: the widget loads its .ui, mirrors the parameter node and runs detection as
+``ssae detect`` jobs in a background worker process polled by a timer, so Slicer stays
+responsive; the worker starts (and loads the model) when the module is opened. Nothing here
 imports PyTorch: a factory Slicer shows the panel and offers to install the engine's packages
 when the user first asks for a detection.
 """
@@ -10,6 +11,7 @@ when the user first asks for a detection.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 import os
 import shutil
@@ -39,9 +41,11 @@ def _make_engine_importable() -> None:
 _make_engine_importable()
 
 from SSAEAnomalyLib import AnomalyLogic  # noqa: E402 (the engine's path is set just above)
-from SSAEAnomalyLib.dependencies import device_description, ensure_engine_dependencies  # noqa: E402
+from SSAEAnomalyLib.dependencies import device_description, ensure_engine_dependencies, missing_packages  # noqa: E402
 from SSAEAnomalyLib.results import TERMINOLOGY_FILE  # noqa: E402
 from SSAEAnomalyLib.sample_data import sample_data_sources  # noqa: E402
+
+from ssae.errors import SSAEError  # noqa: E402
 
 DEVICES = ("auto", "cpu", "cuda")
 ADAPT_LABELS = {"model": "As the model recommends", "on": "Yes", "off": "No"}
@@ -138,13 +142,22 @@ class SSAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.parameters.model_path = self.logic.default_model_path()
         self.updateGUIFromParameterNode()
 
+    def enter(self):
+        """Start the detection worker now, with the model loaded, so that the first detection
+        does not wait for PyTorch to start (only when the engine's packages are installed)."""
+        if not missing_packages():
+            try:
+                self.logic.warm_worker(python=self._python())
+            except (OSError, SSAEError) as exc:  # the first detection starts it again and reports
+                logging.warning(f"SSAE Anomaly: the detection worker did not start ahead of time: {exc}")
+
     def cleanup(self):
-        """Slicer is closing or the module reloads: end a running job without waiting for it."""
+        """Slicer is closing or the module reloads: end a running job and the worker without waiting."""
         if self.job is not None:
             self.timer.stop()
-            self.job.command.kill()
             self.job.cleanup()
             self.job = None
+        self.logic.close_worker(kill=True)
         self.removeObservers()
 
     # parameter node <-> GUI -----------------------------------------------------------------------
@@ -453,8 +466,6 @@ class SSAEAnomalyTest(ScriptedLoadableModuleTest):
         self.assertEqual(loaded.GetImageData().GetDimensions(), volume.GetImageData().GetDimensions())
         logic.export_segmentation(folder / "anomalies.seg.nrrd")
         logic.export_lesion_table(folder / "lesions.csv")
-        from ssae.errors import SSAEError
-
         with self.assertRaises(SSAEError):
             logic.export_segmentation(folder / "anomalies.seg.nrrd")  # never overwrites without asking
         shutil.rmtree(folder)
@@ -463,12 +474,18 @@ class SSAEAnomalyTest(ScriptedLoadableModuleTest):
     def test_background_detection(self):
         from ssae.background import wait_for
 
-        self.delayDisplay("Detecting in a background process")
+        self.delayDisplay("Detecting twice in the background detection worker")
         volume = self._load_sample()
         logic = self._logic(volume)
-        job = logic.start_detection(python=shutil.which("PythonSlicer") or sys.executable)
-        self.assertEqual(wait_for(job.command, timeout_s=300), 0)
-        lesions = logic.load_detection(job)
-        self.assertGreaterEqual(lesions.statistics.count, 0)
-        self.assertTrue(logic.parameters.segmentation.GetName().startswith(volume.GetName()))
+        python = shutil.which("PythonSlicer") or sys.executable
+        try:
+            for replace in (False, True):
+                job = logic.start_detection(python=python)
+                self.assertEqual(wait_for(job.command, timeout_s=300), 0)
+                lesions = logic.load_detection(job, replace_previous=replace)
+                self.assertGreaterEqual(lesions.statistics.count, 0)
+                self.assertTrue(logic.parameters.segmentation.GetName().startswith(volume.GetName()))
+            self.assertEqual(logic.worker.starts, 1)  # the second detection reused the running worker
+        finally:
+            logic.close_worker(kill=True)
         self.delayDisplay("Test passed")

@@ -7,12 +7,12 @@ from conftest import make_volume, oblique_direction
 
 from ssae.errors import SSAEError
 from ssae.foreground import foreground_mask
+from ssae.input_grid import to_input_grid_many
 from ssae.preprocessing import (
     PreprocessingSettings,
     intensity_normalisation,
     prepare_volume,
     resample_to_grid,
-    to_input_grid,
 )
 from ssae.volume_io import read_volume
 
@@ -57,7 +57,7 @@ def test_maps_come_back_onto_an_oblique_anisotropic_grid_at_the_right_place():
     prepared = prepare_volume(image, SETTINGS)
     on_grid = resample_to_grid(blob_image, prepared.grid, label=True)
     assert on_grid.any()
-    back = to_input_grid(on_grid.astype(np.float32), prepared.grid, image)
+    back = to_input_grid_many({"blob": on_grid.astype(np.float32)}, prepared.grid, image, None, None)["blob"]
     assert back.GetSize() == image.GetSize()
     assert back.GetSpacing() == image.GetSpacing()
     assert back.GetOrigin() == image.GetOrigin()

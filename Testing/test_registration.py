@@ -12,7 +12,8 @@ from conftest import REPO
 
 from ssae.cli import main
 from ssae.errors import SSAEError
-from ssae.preprocessing import PreprocessingSettings, prepare_volume, resample_to_grid, to_input_grid
+from ssae.input_grid import to_input_grid_many
+from ssae.preprocessing import PreprocessingSettings, prepare_volume, resample_to_grid
 from ssae.registration import align_to_atlas, contrast_check, load_atlas
 
 CLINICAL = REPO / "Resources" / "SampleData" / "ClinicalRaw" / "patient01_study1_FLAIR.nii.gz"
@@ -106,7 +107,8 @@ def test_a_lesion_goes_to_the_atlas_grid_and_back_to_the_same_place(small_cases)
     label.CopyInformation(image)
     on_grid = resample_to_grid(label, prepared.grid, label=True, transform=prepared.transform)
     assert on_grid.any()
-    back = sitk.GetArrayFromImage(to_input_grid(on_grid.astype(np.float32), prepared.grid, image, prepared.transform)) > 0.5
+    back = to_input_grid_many({"lesion": on_grid.astype(np.float32)}, prepared.grid, image, prepared.transform, None)["lesion"]
+    back = sitk.GetArrayFromImage(back) > 0.5
     before = np.array(np.nonzero(lesion)).mean(axis=1)
     after = np.array(np.nonzero(back)).mean(axis=1)
     assert np.abs(before - after).max() < 1.5  # voxels (2 mm)

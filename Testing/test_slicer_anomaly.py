@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
+from pathlib import Path
 
 import nrrd
 import numpy as np
@@ -46,7 +48,8 @@ def oblique_scene(small_cases, tiny_model):
     params = logic.parameters
     params.input_volume, params.model_path, params.device = volume, str(tiny_model), "cpu"
     params.adapt = "off"  # scanner adaptation has tests of its own; here it would only cost time
-    return scene, app_logic, logic, volume
+    yield scene, app_logic, logic, volume
+    logic.close_worker(kill=True)
 
 
 def test_volume_node_and_simpleitk_geometry_agree(oblique_scene):
@@ -213,6 +216,35 @@ def test_background_detection_process_gives_the_same_results(oblique_scene):
     assert not job.workdir.exists()
     assert background.statistics.count == in_process.statistics.count
     assert background.statistics.total_ml == pytest.approx(in_process.statistics.total_ml, rel=1e-5)
+
+
+def test_background_detections_share_one_worker_that_starts_once(oblique_scene):
+    """The second detection of a session runs in the worker the first one started (PyTorch,
+    the atlas and the model stay loaded); its results are the same."""
+    _, _, logic, _ = oblique_scene
+    first = logic.start_detection()
+    assert wait_for(first.command, timeout_s=300) == 0, "\n".join(first.command.new_lines())
+    pid = logic.worker.process.pid
+    first_lesions = logic.load_detection(first)
+    second = logic.start_detection()
+    assert wait_for(second.command, timeout_s=300) == 0, "\n".join(second.command.new_lines())
+    assert logic.worker.process.pid == pid and logic.worker.starts == 1
+    second_lesions = logic.load_detection(second, replace_previous=True)
+    assert second_lesions.statistics.count == first_lesions.statistics.count
+    assert second_lesions.statistics.total_ml == pytest.approx(first_lesions.statistics.total_ml)
+
+
+def test_a_second_job_is_refused_while_the_worker_is_busy(oblique_scene):
+    _, _, logic, _ = oblique_scene
+    job = logic.start_detection()
+    try:
+        before = set(Path(tempfile.gettempdir()).glob("ssae-detect-*"))
+        with pytest.raises(SSAEError, match="busy"):
+            logic.start_detection()
+        assert set(Path(tempfile.gettempdir()).glob("ssae-detect-*")) == before  # the refused job left nothing behind
+    finally:
+        wait_for(job.command, timeout_s=300)
+        job.cleanup()
 
 
 def test_what_the_user_sees_in_the_axial_view(tiny_model, tmp_path):

@@ -40,6 +40,24 @@ def test_level_loss_is_eq3_and_only_the_training_level_gets_gradients(tiny_confi
     assert all(p.grad is None for k in (0, 2) for p in model.nets[k].parameters())
 
 
+def test_the_loss_from_a_kept_pyramid_and_coarser_reconstruction_is_the_same_loss(tiny_config):
+    """Scanner adaptation decomposes the scan once and computes each level's u(Î_{k+1}) once;
+    the loss it then optimises must be Eq. 3 exactly as training computes it, for any rows."""
+    from ssae.adaptation import _coarser_reconstruction, _rows
+    from ssae.losses import level_loss, pyramid_level_loss
+
+    model = build_model(tiny_config.architecture).eval()
+    x = torch.rand(6, 1, 64, 64)
+    keep = (torch.rand_like(x) > 0.2).float()
+    pyramid = decompose(x, 3)
+    rows = torch.tensor([4, 1, 3])
+    for level in (2, 1, 0):
+        coarser = _coarser_reconstruction(model, level, pyramid, batch_size=4)
+        kept, _ = pyramid_level_loss(model, level, _rows(pyramid, rows), None if coarser is None else coarser[rows], keep[rows])
+        direct, _ = level_loss(model, level, x[rows], keep[rows])
+        assert kept.item() == pytest.approx(direct.item(), rel=1e-5)
+
+
 def test_lesion_voxels_are_left_out_of_the_loss(tiny_config, small_cases, tmp_path):
     trainer = Trainer(find_cases(small_cases), tiny_config, tmp_path / "m.safetensors", device="cpu")
     model = build_model(tiny_config.architecture)

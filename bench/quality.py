@@ -47,9 +47,10 @@ from ssae.adaptation import AdaptationSettings
 from ssae.baselines import intensity_score, strong_intensity_score
 from ssae.datasets import PREPROCESSING_VERSION, Case, cached_alignment, find_cases, read_case_volumes
 from ssae.detection import Detector
+from ssae.input_grid import to_input_grid_many
 from ssae.metrics import average_precision, best_dice, overlap
 from ssae.postprocessing import PostprocessingSettings, combined_maps, eroded_brain, residual_scores, score_maps
-from ssae.preprocessing import PreparedVolume, prepare_volume, to_input_grid_many
+from ssae.preprocessing import PreparedVolume, prepare_volume
 from ssae.registration import bias_correct
 from ssae.resources import default_model_path
 from ssae.suite import bootstrap_intervals
@@ -138,7 +139,7 @@ def load_cases(data: Path, val_subjects: list[str], detector: Detector, work: Pa
 
 
 def residuals_for(detector: Detector, dev: DevCase, key: str, work: Path, digest: str, seconds: dict) -> dict[str, np.ndarray]:
-    path = work / "residuals" / f"{digest}_{dev.case.name}_{key.replace(' ', '')}.npz"
+    path = work / "residuals" / f"{digest}_v{PREPROCESSING_VERSION}_{dev.case.name}_{key.replace(' ', '')}.npz"
     if path.exists():
         cached = np.load(path)
         seconds.setdefault(key, []).append(float(cached["adapt_seconds"]))

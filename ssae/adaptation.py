@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import torch
 
     from .models import ScaleSpaceAutoencoder
+    from .pyramid import Pyramid
 
 ProgressCallback = Callable[[float, str], None]
 CancelCheck = Callable[[], bool]
@@ -100,16 +101,39 @@ def loss_weights(slices: np.ndarray, brain: np.ndarray, exclude_percentile: floa
     return keep
 
 
-def _masked_loss(model: ScaleSpaceAutoencoder, level: int, x: torch.Tensor, keep: torch.Tensor, batch_size: int) -> float:
+def _rows(pyramid: Pyramid, rows: torch.Tensor | slice) -> Pyramid:
+    from .pyramid import Pyramid
+
+    return Pyramid([image[rows] for image in pyramid.lowpass], [band[rows] for band in pyramid.bands])
+
+
+def _coarser_reconstruction(model: ScaleSpaceAutoencoder, level: int, pyramid: Pyramid, batch_size: int) -> torch.Tensor | None:
+    """``Î_{k+1}`` of every slice (None at the coarsest level). The coarser levels are adapted
+    and fixed by the time level ``k`` adapts, so it is computed once per level, not per step."""
+    import torch
+
+    if level == model.coarsest:
+        return None
+    n = pyramid.lowpass[0].shape[0]
+    with torch.no_grad():
+        parts = [model.reconstruct(_rows(pyramid, slice(s, s + batch_size)), finest=level + 1)[level + 1] for s in range(0, n, batch_size)]
+    return torch.cat(parts)
+
+
+def _masked_loss(
+    model: ScaleSpaceAutoencoder, level: int, pyramid: Pyramid, coarser: torch.Tensor | None, keep: torch.Tensor, batch_size: int
+) -> float:
     """Mean of the level's loss over every slice (the quantity adaptation lowers)."""
     import torch
 
-    from .losses import level_loss
+    from .losses import pyramid_level_loss
 
     total, weight = 0.0, 0.0
+    n = keep.shape[0]
     with torch.no_grad():
-        for start in range(0, x.shape[0], batch_size):
-            loss, pixels = level_loss(model, level, x[start : start + batch_size], keep[start : start + batch_size])
+        for start in range(0, n, batch_size):
+            rows = slice(start, start + batch_size)
+            loss, pixels = pyramid_level_loss(model, level, _rows(pyramid, rows), None if coarser is None else coarser[rows], keep[rows])
             total += float(loss) * pixels
             weight += pixels
     return total / max(weight, 1.0)
@@ -132,7 +156,8 @@ def adapt_model(
     """
     import torch
 
-    from .losses import level_loss
+    from .losses import pyramid_level_loss
+    from .pyramid import decompose
 
     if slices.shape != keep.shape or slices.ndim != 3:
         raise SSAEError(f"adaptation needs [slices, size, size] arrays of one shape, got {slices.shape} and {keep.shape}")
@@ -147,11 +172,13 @@ def adapt_model(
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)  # VAE sampling
     levels = list(range(adapted.coarsest, -1, -1))
+    pyramid = decompose(x, adapted.arch.levels)  # every slice, once
     steps_per_epoch = -(-x.shape[0] // settings.batch_size)
     total_steps, done = len(levels) * settings.epochs * steps_per_epoch, 0
     for level in levels:
         name = f"level{level}"
-        report.loss_before[name] = _masked_loss(adapted.eval(), level, x, weights, 4 * settings.batch_size)
+        coarser = _coarser_reconstruction(adapted.eval(), level, pyramid, 4 * settings.batch_size)
+        report.loss_before[name] = _masked_loss(adapted, level, pyramid, coarser, weights, 4 * settings.batch_size)
         net = adapted.nets[level]
         net.requires_grad_(True)
         net.train()
@@ -162,7 +189,9 @@ def adapt_model(
                 if should_cancel is not None and should_cancel():
                     raise AdaptationCancelled("adaptation cancelled")
                 rows = order[start : start + settings.batch_size]
-                loss, _ = level_loss(adapted, level, x[rows], weights[rows])
+                loss, _ = pyramid_level_loss(
+                    adapted, level, _rows(pyramid, rows), None if coarser is None else coarser[rows], weights[rows]
+                )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -172,7 +201,7 @@ def adapt_model(
             if progress is not None:
                 progress(done / total_steps, f"adapting level {level}, epoch {epoch + 1}/{settings.epochs}")
         net.requires_grad_(False)
-        report.loss_after[name] = _masked_loss(adapted.eval(), level, x, weights, 4 * settings.batch_size)
+        report.loss_after[name] = _masked_loss(adapted.eval(), level, pyramid, coarser, weights, 4 * settings.batch_size)
     adapted.eval()
     report.seconds = time.perf_counter() - started
     return adapted, report

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 STOP_FILE_VARIABLE = "SSAE_STOP_FILE"
+WORKER_PREFIX = "@ssae-worker "  # starts the lines of :mod:`ssae.worker`'s protocol on its stdout
 
 
 def engine_environment() -> dict[str, str]:
@@ -47,7 +48,107 @@ def _process_options() -> dict[str, Any]:
     return {"start_new_session": True}  # its own process group: the kill reaches its children too
 
 
-class BackgroundCommand:
+def _kill_tree(process: subprocess.Popen) -> None:
+    """End a child started with :func:`_process_options` and everything it started."""
+    if process.poll() is not None:
+        return
+    if os.name == "nt":
+        subprocess.Popen(  # noqa: S603 (a fixed system tool)
+            ["taskkill", "/F", "/T", "/PID", str(process.pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            **_process_options(),
+        )
+    else:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _new_stop_file(owner: object) -> Path:
+    return Path(tempfile.gettempdir()) / f"ssae-stop-{os.getpid()}-{id(owner)}-{time.time_ns()}"
+
+
+class FollowedRun:
+    """What a GUI does with a run in the background, whoever runs it: read its new output lines
+    and progress events, poll for its exit code, ask it to stop, end it. Subclasses say how
+    the run ends (:meth:`poll`, :attr:`running`, :meth:`kill`)."""
+
+    command: list[str]
+
+    def __init__(self, progress_log: Path | None, grace_s: float) -> None:
+        self.stop_file = _new_stop_file(self)
+        self.progress = ProgressFollower(progress_log) if progress_log else None
+        self.grace_s = grace_s
+        self.cancel_requested_at: float | None = None
+        self.killed = False
+        self._lines: queue.Queue[str] = queue.Queue()
+
+    def poll(self) -> int | None:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+    def new_lines(self) -> list[str]:
+        """Output lines (stdout and stderr) that arrived since the last call."""
+        lines = []
+        while True:
+            try:
+                lines.append(self._lines.get_nowait())
+            except queue.Empty:
+                return lines
+
+    def new_events(self) -> list[dict[str, Any]]:
+        return self.progress.new_events() if self.progress else []
+
+    def _grace_over(self) -> bool:
+        return self.cancel_requested_at is not None and not self.killed and time.monotonic() - self.cancel_requested_at > self.grace_s
+
+    def request_cancel(self) -> None:
+        """Ask the run to stop (see the module doc); returns at once."""
+        if self.running and self.cancel_requested_at is None:
+            self.stop_file.write_text("stop", encoding="utf-8")
+            self.cancel_requested_at = time.monotonic()
+
+    def stop_in_background(self) -> None:
+        """Request a stop and let a daemon thread end the run if it outlives its grace period
+        (for a GUI that is closing and will not poll any more)."""
+        self.request_cancel()
+
+        def finish() -> None:
+            try:
+                self.wait(self.grace_s + 1.0)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+        threading.Thread(target=finish, name="ssae-stop", daemon=True).start()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until the run has ended (scripts and tests; GUIs poll)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            code = self.poll()
+            if code is not None:
+                return code
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.command, timeout or 0)
+            time.sleep(0.05)
+
+    def cancel(self, grace_s: float | None = None) -> int | None:
+        """Request a stop and wait for the end (killing after ``grace_s``); for scripts and tests."""
+        if grace_s is not None:
+            self.grace_s = grace_s
+        self.request_cancel()
+        return self.wait(self.grace_s + 15.0) if self.running or self.poll() is not None else None
+
+
+class BackgroundCommand(FollowedRun):
     """``python -m ssae.cli ARGS`` in its own process group.
 
     ``python`` defaults to this interpreter (in Slicer, pass ``PythonSlicer``); ``env`` to
@@ -62,16 +163,11 @@ class BackgroundCommand:
         progress_log: Path | None = None,
         grace_s: float = 20.0,
     ) -> None:
+        super().__init__(progress_log, grace_s)
         self.command = [python or sys.executable, "-m", "ssae.cli", *args]
         self.env = dict(env or engine_environment())
-        self.stop_file = Path(tempfile.gettempdir()) / f"ssae-stop-{os.getpid()}-{id(self)}-{time.time_ns()}"
         self.env[STOP_FILE_VARIABLE] = str(self.stop_file)
-        self.progress = ProgressFollower(progress_log) if progress_log else None
-        self.grace_s = grace_s
         self.process: subprocess.Popen[str] | None = None
-        self.cancel_requested_at: float | None = None
-        self.killed = False
-        self._lines: queue.Queue[str] = queue.Queue()
         self._reader: threading.Thread | None = None
 
     def start(self) -> None:
@@ -95,18 +191,6 @@ class BackgroundCommand:
         for line in self.process.stdout:
             self._lines.put(line.rstrip("\n"))
 
-    def new_lines(self) -> list[str]:
-        """Output lines (stdout and stderr) that arrived since the last call."""
-        lines = []
-        while True:
-            try:
-                lines.append(self._lines.get_nowait())
-            except queue.Empty:
-                return lines
-
-    def new_events(self) -> list[dict[str, Any]]:
-        return self.progress.new_events() if self.progress else []
-
     def poll(self) -> int | None:
         """The exit code once the process has ended and its output has been read, else None.
 
@@ -117,7 +201,7 @@ class BackgroundCommand:
             return None
         code = self.process.poll()
         if code is None:
-            if self.cancel_requested_at is not None and not self.killed and time.monotonic() - self.cancel_requested_at > self.grace_s:
+            if self._grace_over():
                 self.kill()
             return None
         if self._reader is not None and self._reader.is_alive():
@@ -129,61 +213,195 @@ class BackgroundCommand:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def request_cancel(self) -> None:
-        """Ask the process to stop (see the module doc); returns at once."""
-        if self.running and self.cancel_requested_at is None:
-            self.stop_file.write_text("stop", encoding="utf-8")
-            self.cancel_requested_at = time.monotonic()
-
     def kill(self) -> None:
         """End the process tree now."""
-        if not self.running:
+        if self.running:
+            assert self.process is not None
+            self.killed = True
+            _kill_tree(self.process)
+
+
+class WorkerJob(FollowedRun):
+    """One command run by a :class:`DetectionWorker`, followed like a :class:`BackgroundCommand`."""
+
+    def __init__(self, worker: DetectionWorker, number: int, args: list[str], progress_log: Path | None, grace_s: float) -> None:
+        super().__init__(progress_log, grace_s)
+        self.worker = worker
+        self.id = number
+        self.command = ["ssae worker job", *args]
+        self.exit_code: int | None = None  # set by the worker's reader thread
+
+    def poll(self) -> int | None:
+        """The exit code once the job has ended (or the worker died), else None; never waits.
+        After a cancel request whose grace period has run out, ends the worker."""
+        if self.exit_code is None:
+            if self._grace_over():
+                self.kill()
+            return None
+        self.stop_file.unlink(missing_ok=True)
+        return self.exit_code
+
+    @property
+    def running(self) -> bool:
+        return self.exit_code is None
+
+    def kill(self) -> None:
+        """End the worker now (the next job starts a fresh one)."""
+        if self.running:
+            self.killed = True
+            self.worker.kill()
+
+    def finish(self, code: int, message: str = "") -> None:
+        if message:
+            self._lines.put(message)
+        if self.exit_code is None:
+            self.exit_code = code
+
+
+class DetectionWorker:
+    """A long-lived ``python -m ssae.worker`` child (see :mod:`ssae.worker`) that runs ``ssae``
+    commands one at a time, so that only the first pays the start-up.
+
+    :meth:`submit` returns a :class:`WorkerJob` that a GUI follows like a
+    :class:`BackgroundCommand`. If the worker has died (a crash, a kill after a cancel that did
+    not end in time), the job that was running ends with the worker's exit code and a message,
+    and the next :meth:`submit` starts a fresh worker.
+    """
+
+    def __init__(self, python: str | None = None, env: dict[str, str] | None = None, grace_s: float = 20.0) -> None:
+        self.command = [python or sys.executable, "-m", "ssae.worker"]
+        self.env = dict(env or engine_environment())
+        self.grace_s = grace_s
+        self.process: subprocess.Popen[str] | None = None
+        self.current: WorkerJob | None = None
+        self.starts = 0  # how many processes this worker has started (1 unless one died)
+        self._jobs = 0
+        self._lock = threading.Lock()
+        self._idle_lines: queue.Queue[str] = queue.Queue()
+        self.ready = threading.Event()
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def busy(self) -> bool:
+        return self.current is not None and self.current.running
+
+    def start(self) -> None:
+        """Start the child (done by :meth:`submit` and :meth:`warm` when none is running)."""
+        if self.alive:
             return
-        assert self.process is not None
-        self.killed = True
-        if os.name == "nt":
-            subprocess.Popen(  # noqa: S603 (a fixed system tool)
-                ["taskkill", "/F", "/T", "/PID", str(self.process.pid)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                **_process_options(),
-            )
-        else:
+        process = subprocess.Popen(
+            self.command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1,
+            env=self.env,
+            **_process_options(),
+        )
+        self.process = process
+        self.ready = threading.Event()  # set when the worker has done its imports
+        self.starts += 1
+        threading.Thread(target=self._read, args=(process,), name="ssae-worker-reader", daemon=True).start()
+
+    def warm(self, model: str, device: str = "auto") -> None:
+        """Start the worker if needed and have it load ``model`` (and the atlas) before any job."""
+        self.start()
+        self._send({"warm": {"model": str(model), "device": device}})
+
+    def submit(self, args: list[str], progress_log: Path | None = None) -> WorkerJob:
+        """Run ``ssae ARGS`` in the worker; refuses while another job runs."""
+        from .errors import SSAEError
+
+        if self.busy:
+            raise SSAEError("the detection worker is busy; wait for the running job or cancel it")
+        self.start()
+        with self._lock:
+            self._jobs += 1
+            job = WorkerJob(self, self._jobs, list(args), progress_log, self.grace_s)
+            self.current = job
+        self._send({"job": job.id, "args": job.command[1:], "stop_file": str(job.stop_file)})
+        return job
+
+    def new_lines(self) -> list[str]:
+        """Output the worker wrote outside any job (e.g. while warming up)."""
+        lines = []
+        while True:
             try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
+                lines.append(self._idle_lines.get_nowait())
+            except queue.Empty:
+                return lines
+
+    def _send(self, request: dict[str, Any]) -> None:
+        assert self.process is not None and self.process.stdin is not None
+        try:
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+        except OSError:  # the worker died: its reader ends the job with the exit code
+            pass
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        """Route the worker's output to the job it belongs to; end the job when the worker says
+        so, or when the worker dies."""
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.rstrip("\n")
+            job = self.current if self.process is process else None
+            if line.startswith(WORKER_PREFIX):
+                try:
+                    message = json.loads(line[len(WORKER_PREFIX) :])
+                except json.JSONDecodeError:
+                    message = {}
+                if message.get("event") == "ready":
+                    self.ready.set()
+                elif message.get("event") == "end" and job is not None and message.get("job") == job.id:
+                    job.finish(int(message.get("exit_code", 1)))
+                continue
+            if job is not None and job.running:
+                job._lines.put(line)
+            else:
+                self._idle_lines.put(line)
+        code = process.wait()
+        with self._lock:
+            job = self.current
+        if job is not None and job.running and self.process is process:
+            reason = "it was stopped" if job.killed else "it crashed"
+            job.finish(code if code != 0 else 1, f"ssae: the detection worker ended during the job ({reason}; exit code {code})")
+
+    def close(self) -> None:
+        """Let the worker end once it is idle (it reads the end of its input); returns at once."""
+        if self.process is not None and self.process.stdin is not None:
+            try:
+                self.process.stdin.close()
+            except OSError:
                 pass
 
+    def kill(self) -> None:
+        """End the worker's process tree now; a running job ends with the exit code."""
+        if self.process is not None:
+            _kill_tree(self.process)
+
     def stop_in_background(self) -> None:
-        """Request a stop and let a daemon thread end the process tree if it outlives its grace
-        period (for a GUI that is closing and will not poll any more)."""
-        self.request_cancel()
+        """For a closing GUI: stop the running job, close the worker, end it if it lingers."""
+        if self.current is not None and self.current.running:
+            self.current.request_cancel()
+        self.close()
+        process = self.process
 
         def finish() -> None:
+            if process is None:
+                return
             try:
-                self.wait(self.grace_s + 1.0)
+                process.wait(self.grace_s + 1.0)
             except subprocess.TimeoutExpired:
-                self.kill()
+                _kill_tree(process)
 
-        threading.Thread(target=finish, name="ssae-stop", daemon=True).start()
-
-    def wait(self, timeout: float | None = None) -> int:
-        """Block until the process has ended (scripts and tests; GUIs poll)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            code = self.poll()
-            if code is not None:
-                return code
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(self.command, timeout or 0)
-            time.sleep(0.05)
-
-    def cancel(self, grace_s: float | None = None) -> int | None:
-        """Request a stop and wait for the end (killing after ``grace_s``); for scripts and tests."""
-        if grace_s is not None:
-            self.grace_s = grace_s
-        self.request_cancel()
-        return self.wait(self.grace_s + 15.0) if self.process is not None else None
+        threading.Thread(target=finish, name="ssae-worker-stop", daemon=True).start()
 
 
 class ProgressFollower:
@@ -210,24 +428,32 @@ class ProgressFollower:
         return events
 
 
-def watch_stop_file(interval_s: float = 0.2) -> None:
-    """In the child: when the parent creates the stop file, interrupt the main thread as Ctrl-C
-    would (a SIGINT handler runs: training saves its resume state, detection unwinds)."""
+def watch_stop_file(path: str | None = None, interval_s: float = 0.2) -> threading.Event | None:
+    """In the child: when the parent creates the stop file (``path``, default the one named in
+    ``SSAE_STOP_FILE``), interrupt the main thread as Ctrl-C would (a SIGINT handler runs:
+    training saves its resume state, detection unwinds).
+
+    Returns an event that ends the watch when set (a worker watches one file per job), or None
+    when there is no stop file to watch.
+    """
     import _thread
 
-    path = os.environ.get(STOP_FILE_VARIABLE)
+    path = path or os.environ.get(STOP_FILE_VARIABLE)
     if not path:
-        return
+        return None
+    finished = threading.Event()
 
     def watch() -> None:
-        while not os.path.exists(path):
-            time.sleep(interval_s)
-        _thread.interrupt_main(signal.SIGINT)
+        while not finished.wait(interval_s):
+            if os.path.exists(path):
+                _thread.interrupt_main(signal.SIGINT)
+                return
 
     threading.Thread(target=watch, name="ssae-stop-file", daemon=True).start()
+    return finished
 
 
-def wait_for(command: BackgroundCommand, timeout_s: float, poll_s: float = 0.2) -> int:
+def wait_for(command: FollowedRun, timeout_s: float, poll_s: float = 0.2) -> int:
     """Block until the command ends (for scripts and tests; GUIs poll from a timer instead)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -399,9 +399,9 @@ def _adapt(args: argparse.Namespace) -> None:
 
 def _detect(args: argparse.Namespace) -> int:
     from .batch import detect_cohort, detect_one, is_cohort
-    from .detection import Detector
+    from .detection import cached_detector
 
-    detector = Detector.from_file(args.model, args.device, args.batch_size)
+    detector = cached_detector(args.model, args.device, args.batch_size)
     if args.adapt is False and any(
         v is not None for v in (args.adapt_epochs, args.adapt_lr, args.adapt_exclude_percentile, args.adapt_seed)
     ):
@@ -550,20 +550,14 @@ def _terminate_as_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str]) -> int:
+    """One command, start to finish, as an exit code (see the module doc); the process-wide
+    set-up (signals, the stop file) is the caller's: :func:`main` or :mod:`ssae.worker`."""
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a flag refused with one line on stderr
         return int(exc.code or 0)
-    previous = None
-    if args.command != "train":  # training turns SIGINT/SIGTERM into a saved resume state itself
-        try:
-            previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # even where the parent's group ignores Ctrl-C
-        except ValueError:  # not the main thread (embedded use): leave signals alone
-            previous = None
-    watch_stop_file()  # a GUI's Cancel (ssae.background): behaves like Ctrl-C
     try:
         return COMMANDS[args.command](args) or 0
     except TrainingInterrupted as exc:
@@ -578,6 +572,25 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (ssae info | head): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def interrupt_on_terminate() -> object | None:
+    """SIGTERM and SIGINT unwind like Ctrl-C (training turns them into a saved resume state
+    itself); returns the previous SIGTERM handler, None where signals cannot be set."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even where the parent's group ignores Ctrl-C
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        return None
+    return previous
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    previous = interrupt_on_terminate()
+    watch_stop_file()  # a GUI's Cancel (ssae.background): behaves like Ctrl-C
+    try:
+        return run(argv)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

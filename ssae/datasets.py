@@ -220,7 +220,7 @@ class SliceStack:
 
 # Part of every cache key: bump it whenever preprocessing code (N4, registration, slicing)
 # changes what it computes, so that caches written by older code are never reused.
-PREPROCESSING_VERSION = 2
+PREPROCESSING_VERSION = 3
 
 
 def cache_key(cases: list[Case], settings: PreprocessingSettings) -> str:

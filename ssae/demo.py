@@ -19,8 +19,9 @@ from .baselines import intensity_score, strong_intensity_score
 from .detection import Detector
 from .detection_files import detection_summary, estimated_bytes, output_paths, write_detection
 from .figures import detection_figure
+from .input_grid import to_input_grid_many
 from .metrics import average_precision, best_dice, overlap
-from .preprocessing import resample_to_grid, to_input_grid_many
+from .preprocessing import resample_to_grid
 from .resources import default_model_path, sample_case_dir
 from .volume_io import check_output_folder, read_mask, read_volume, refuse_existing, write_json
 

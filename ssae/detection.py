@@ -27,13 +27,14 @@ from .adaptation import AdaptationReport, AdaptationSettings, adapt_model, loss_
 from .checkpoint import ModelCard, load_model
 from .devices import inference_batch_size, resolve_device
 from .errors import SSAEError
+from .input_grid import to_input_grid_many
 from .lesions import LesionStatistics, LesionTable, label_lesions, lesion_mask, lesion_table
 from .maps import is_map_name, level_map
 from .models import ScaleSpaceAutoencoder
 from .postprocessing import score_maps
-from .preprocessing import PreparedVolume, prepare_volume, to_input_grid_many
+from .preprocessing import PreparedVolume, prepare_volume
 from .pyramid import decompose, upsample
-from .registration import AtlasAlignment
+from .registration import AtlasAlignment, RegistrationSettings
 
 ProgressCallback = Callable[[float, str], None]
 CancelCheck = Callable[[], bool]
@@ -95,10 +96,13 @@ class Detector:
         self.card = card
         self.path: Path | None = None  # the model file, when loaded from one
         self.device = device
-        self.batch_size = batch_size or inference_batch_size(device)
         self.model = model.to(device).eval()
         if device.type == "cpu":  # oneDNN runs the 5x5 (transposed) convolutions faster in NHWC
             self.model = self.model.to(memory_format=torch.channels_last)
+        levels = card.architecture.levels
+        self.batch_size = batch_size or inference_batch_size(
+            device, lambda batch: self.model.reconstruct(decompose(batch, levels)), card.architecture.size
+        )
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "auto", batch_size: int | None = None) -> Detector:
@@ -181,13 +185,16 @@ class Detector:
         alignment: AtlasAlignment | None = None,
         adaptation: AdaptationSettings | None = None,
         score_map: str | None = None,
+        registration: RegistrationSettings | None = None,
     ) -> DetectionResult:
         """Score maps and the lesion mask, all on ``image``'s grid.
 
         ``adaptation`` fine-tunes a copy of the model on this scan first (pass
         :meth:`default_adaptation` for what the model card recommends). ``score_map`` chooses
         the map that draws the mask (default: the card's); ``threshold`` overrides that map's
-        label-free threshold. ``alignment`` reuses an earlier atlas registration of this scan.
+        label-free threshold. ``alignment`` reuses an earlier atlas registration of this scan;
+        ``registration`` sets how much work N4 and the registration do (default: the current
+        :class:`ssae.registration.RegistrationSettings`).
         """
         card = self.card
         chosen_map = score_map or card.score_map
@@ -199,8 +206,9 @@ class Detector:
 
         t0 = time.perf_counter()
         report(0.0, "preprocessing")
-        prepared = prepare_volume(image, card.preprocessing, brain_mask, alignment)
+        prepared = prepare_volume(image, card.preprocessing, brain_mask, alignment, registration)
         timings["preprocess_s"] = time.perf_counter() - t0
+        timings.update(prepared.timings)
 
         detector, adapted = self, None
         if adaptation is not None:
@@ -224,7 +232,7 @@ class Detector:
         grid_scores = self.grid_score_maps(prepared, residuals)
         timings["postprocess_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        maps = to_input_grid_many(grid_scores, prepared.grid, image, prepared.transform, prepared.brain_mask)
+        maps = to_input_grid_many(grid_scores, prepared.grid, image, prepared.transform, prepared.brain_mask, self.device)
         timings["resample_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -262,3 +270,21 @@ class Detector:
         if fallback is None:
             raise SSAEError(f"the model card has no threshold for the {map_name} map; pass --threshold")
         return fallback, f"{card.calibration.method} (calibrated without adaptation: this model has no adapted thresholds)"
+
+
+_LOADED: dict[tuple[str, int, int, str, int | None], Detector] = {}
+
+
+def cached_detector(path: str | Path, device: str = "auto", batch_size: int | None = None) -> Detector:
+    """:meth:`Detector.from_file`, kept while the file is unchanged (same path, size and
+    modification time): a worker that runs detection after detection loads and verifies each
+    model once. One model is kept; detection never changes it (adaptation works on a copy)."""
+    try:
+        stat = Path(path).resolve().stat()
+    except OSError:
+        return Detector.from_file(path, device, batch_size)  # says what is wrong with the path
+    key = (str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size, str(resolve_device(device)), batch_size)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = Detector.from_file(path, device, batch_size)
+    return _LOADED[key]

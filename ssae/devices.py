@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .errors import SSAEError
 
 # Inference slices per batch, by measurement (bench/detect.py, 2 CPU cores, 4-level 256 px
 # dense SSAE, 137 slices): forward 3.2-3.4 s at batch 1, 2.6-2.9 s at 2, 2.3-2.4 s at 4 and
-# 2.4-2.8 s at 8. GPUs want large batches to fill the device.
+# 2.4-2.8 s at 8. GPUs want large batches to fill the device: there the batch is sized from the
+# free memory and the memory one slice was measured to take (:func:`inference_batch_size`).
 CPU_BATCH_SIZE = 4
-GPU_BATCH_SIZE = 64
+GPU_MEMORY_SHARE = 0.5  # of the free GPU memory, for one forward pass
+GPU_MAX_BATCH_SIZE = 512
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -31,8 +35,21 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def inference_batch_size(device: torch.device) -> int:
-    return GPU_BATCH_SIZE if device.type == "cuda" else CPU_BATCH_SIZE
+def inference_batch_size(device: torch.device, forward: Callable[[torch.Tensor], object] | None = None, size: int = 256) -> int:
+    """Slices per forward pass: :data:`CPU_BATCH_SIZE` on the CPU; on a GPU as many as fit in
+    :data:`GPU_MEMORY_SHARE` of the free memory, by the peak memory ``forward`` takes on two
+    ``size`` x ``size`` slices (measured once, when the model is loaded)."""
+    if device.type != "cuda" or forward is None:
+        return CPU_BATCH_SIZE
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    with torch.inference_mode():
+        forward(torch.zeros((2, 1, size, size), device=device))
+    torch.cuda.synchronize(device)
+    per_slice = max((torch.cuda.max_memory_allocated(device) - before) / 2, 1)
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(1, min(GPU_MAX_BATCH_SIZE, GPU_MEMORY_SHARE * free // per_slice)))
 
 
 def describe_device(device: torch.device) -> str:

@@ -31,8 +31,8 @@ from .adaptation import AdaptationSettings
 from .baselines import intensity_score, strong_intensity_score
 from .datasets import Case, read_case_volumes
 from .detection import Detector
+from .input_grid import to_input_grid_many
 from .metrics import average_precision, best_dice, overlap, precision_recall
-from .preprocessing import to_input_grid_many
 from .volume_io import atomic_path, refuse_existing, write_json, write_text
 
 RAW_FLAIR = "raw FLAIR baseline"

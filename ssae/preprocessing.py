@@ -1,9 +1,9 @@
-"""From a scanner volume to the model's stack of square axial slices, and back.
+"""From a scanner volume to the model's stack of square axial slices.
 
 The *slice grid* is a SimpleITK image geometry in physical space: ``size x size`` pixels
-in-plane, one slice per axial slice of the input that contains brain. Going to it and coming
-back are both plain physical-space resampling, so whatever the input's direction matrix,
-spacing or origin, every map returns onto exactly the input's voxels.
+in-plane, one slice per axial slice of the input that contains brain. Going to it is plain
+physical-space resampling, and so is coming back (:mod:`ssae.input_grid`), so whatever the
+input's direction matrix, spacing or origin, every map returns onto exactly the input's voxels.
 
 Steps (all recorded in the model card through :class:`PreprocessingSettings`):
 
@@ -31,7 +31,8 @@ Steps (all recorded in the model card through :class:`PreprocessingSettings`):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import time
+from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,7 @@ from .errors import SSAEError
 from .foreground import ORIENTATION, foreground_mask
 
 if TYPE_CHECKING:
-    from .registration import AtlasAlignment
+    from .registration import AtlasAlignment, RegistrationSettings
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class PreparedVolume:
     intensity_scale: float
     transform: sitk.Transform | None = None  # slice grid -> input (atlas registration), None: same space
     alignment: AtlasAlignment | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # n4_s, registration_s, slicing_s
 
     def normalise(self, values: np.ndarray) -> np.ndarray:
         """Apply this volume's intensity normalisation (without clipping) to raw intensities."""
@@ -152,46 +154,6 @@ def resample_to_grid(image: sitk.Image, grid: sitk.Image, label: bool = False, t
     return array > 0.5 if label else array
 
 
-def to_input_grid(maps: np.ndarray, grid: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None) -> sitk.Image:
-    """Put a [slices, rows, cols] map from the slice grid back onto ``reference``'s voxels.
-
-    ``transform`` is the grid-to-input transform used on the way in; its inverse brings each
-    input voxel to the grid.
-    """
-    image = sitk.GetImageFromArray(np.ascontiguousarray(maps, dtype=np.float32))
-    image.CopyInformation(grid)
-    inverse = transform.GetInverse() if transform is not None else sitk.Transform()
-    back = sitk.Resample(image, reference, inverse, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    back.CopyInformation(reference)
-    return back
-
-
-def to_input_grid_many(
-    maps: dict[str, np.ndarray], grid: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None, brain_mask: sitk.Image
-) -> dict[str, sitk.Image]:
-    """Every [slices, rows, cols] map of the slice grid onto ``reference``'s voxels in one pass,
-    zero outside ``brain_mask`` (interpolation at the brain's edge must not leak scores out).
-
-    The maps travel as the components of one vector image, so the input-voxel-to-grid mapping
-    and the interpolation weights are computed once for all of them.
-    """
-    names = list(maps)
-    stacked = np.stack([np.asarray(maps[name], dtype=np.float32) for name in names], axis=-1)
-    vector = sitk.GetImageFromArray(stacked, isVector=True)
-    vector.CopyInformation(grid)
-    inverse = transform.GetInverse() if transform is not None else sitk.Transform()
-    back = sitk.GetArrayFromImage(sitk.Resample(vector, reference, inverse, sitk.sitkLinear, 0.0))
-    if back.ndim == 3:  # a single map comes back as a scalar image
-        back = back[..., None]
-    inside = sitk.GetArrayViewFromImage(brain_mask) > 0
-    result = {}
-    for index, name in enumerate(names):
-        image = sitk.GetImageFromArray(np.where(inside, back[..., index], np.float32(0.0)))
-        image.CopyInformation(reference)
-        result[name] = image
-    return result
-
-
 def intensity_normalisation(values: np.ndarray, percentile: float) -> tuple[float, float]:
     """Offset and scale that map brain intensities to [0, 1] by the ``percentile``-th value."""
     low = float(np.percentile(values, 0.5))
@@ -207,19 +169,29 @@ def prepare_volume(
     settings: PreprocessingSettings,
     brain_mask: sitk.Image | None = None,
     alignment: AtlasAlignment | None = None,
+    registration: RegistrationSettings | None = None,
 ) -> PreparedVolume:
     """Input volume (and optional brain mask on its grid) -> normalised slices on the slice grid.
 
     ``alignment`` reuses an atlas registration of the same (bias-corrected) scan, e.g. when
-    several models with different input sizes look at one scan.
+    several models with different input sizes look at one scan. ``registration`` sets how much
+    work N4 and the registration do (default: :class:`ssae.registration.RegistrationSettings`).
     """
-    from .registration import align_to_atlas, bias_correct
+    from .registration import RegistrationSettings, align_to_atlas, bias_correct
 
+    registration = registration or RegistrationSettings()
+    timings = {"n4_s": 0.0, "registration_s": 0.0}
     source = image
     if settings.bias_correction:
-        source = bias_correct(image, brain_mask)
+        started = time.perf_counter()
+        source = bias_correct(image, brain_mask, registration)
+        timings["n4_s"] = time.perf_counter() - started
+    started = time.perf_counter()
     if settings.atlas:
-        alignment = alignment or align_to_atlas(source, brain_mask)
+        if alignment is None:
+            alignment = align_to_atlas(source, brain_mask, registration)
+            timings["registration_s"] = time.perf_counter() - started
+            started = time.perf_counter()
         mask, grid, transform = alignment.brain_mask, atlas_slice_grid(settings), alignment.transform
     else:
         alignment = None
@@ -244,4 +216,5 @@ def prepare_volume(
         intensity_scale=scale,
         transform=transform,
         alignment=alignment,
+        timings={**timings, "slicing_s": time.perf_counter() - started},
     )

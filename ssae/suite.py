@@ -34,10 +34,11 @@ from .baselines import intensity_score
 from .checkpoint import read_model_card
 from .datasets import Case, cached_alignment, find_cases, read_case_volumes
 from .detection import DetectionResult, Detector
+from .input_grid import to_input_grid_many
 from .metrics import average_precision, best_dice, overlap, precision_recall
 from .models import Architecture, count_parameters
 from .postprocessing import PostprocessingSettings, anomaly_score, eroded_brain
-from .preprocessing import PreprocessingSettings, prepare_volume, to_input_grid_many
+from .preprocessing import PreprocessingSettings, prepare_volume
 from .registration import bias_correct
 from .training import TrainingConfig, train
 from .volume_io import write_json, write_text

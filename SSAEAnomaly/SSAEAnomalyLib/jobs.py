@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ssae.background import BackgroundCommand
+from ssae.background import FollowedRun
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class JobInputs:
 class DetectionJob:
     """A background ``ssae detect`` run (one scan or a cohort) and the folder it works in."""
 
-    command: BackgroundCommand
+    command: FollowedRun  # a job of the logic's worker
     workdir: Path
     inputs: JobInputs
     output: Path  # the result set (one scan) or the cohort folder

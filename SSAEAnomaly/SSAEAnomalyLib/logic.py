@@ -5,9 +5,11 @@ pytest suite (on ``slicer-core``) all drive this class. Importing it needs neith
 safetensors (a factory Slicer must show the panel and offer to install them); the deep-learning
 parts are imported where a detection runs in this process.
 
-Detection runs either here (:meth:`AnomalyLogic.detect`, for scripts and tests) or as a
-background ``ssae detect`` process (:meth:`AnomalyLogic.start_detection` /
-:meth:`AnomalyLogic.load_detection`, for the GUI). A background job carries its own inputs
+Detection runs either here (:meth:`AnomalyLogic.detect`, for scripts and tests) or as an
+``ssae detect`` job in a background worker process (:meth:`AnomalyLogic.start_detection` /
+:meth:`AnomalyLogic.load_detection`, for the GUI). The worker (:class:`ssae.worker`) stays up
+between jobs with PyTorch, the atlas and the model loaded, so only the first detection of a
+session pays the start-up; if it dies, the next job starts a fresh one. A background job carries its own inputs
 (:mod:`.jobs`): its results are named after, and attached to, the volume it processed, with the
 thresholds of the model it ran, whatever the panel shows when it ends. Several volumes or a
 folder of scans run as one cohort job (:meth:`AnomalyLogic.start_batch_detection`).
@@ -19,6 +21,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +30,7 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
-from ssae.background import BackgroundCommand
+from ssae.background import DetectionWorker, FollowedRun
 from ssae.card_file import adapted_thresholds, card_thresholds, describe_card, read_card
 from ssae.errors import SSAEError
 from ssae.lesions import LesionTable
@@ -66,6 +69,7 @@ class AnomalyLogic:
         self._detectors: dict[tuple[str, str], object] = {}
         self._card_cache: dict[tuple[str, float], dict] = {}
         self.registration: dict | None = None  # quality report of the last atlas registration, if any
+        self.worker: DetectionWorker | None = None  # runs the background jobs (see the module doc)
 
     @property
     def parameters(self) -> AnomalyParameters:
@@ -161,6 +165,38 @@ class AnomalyLogic:
         return self._detectors[key]
 
     # detection in a background process ----------------------------------------------------------
+    def _background(self, python: str | None, env: dict[str, str] | None) -> DetectionWorker:
+        """The worker for ``python`` and ``env``, started on first use."""
+        wanted = DetectionWorker(python, env)
+        if self.worker is None or (self.worker.command, self.worker.env) != (wanted.command, wanted.env):
+            self.close_worker(kill=False)
+            self.worker = wanted
+        return self.worker
+
+    def warm_worker(self, python: str | None = None, env: dict[str, str] | None = None) -> None:
+        """Start the worker and load the selected model into it, so that the first detection
+        does not wait for the start-up either (the module does this when it is opened)."""
+        model_path = self.parameters.model_path or self.default_model_path()
+        if model_path and Path(model_path).is_file():
+            self._background(python, env).warm(model_path, self.parameters.device)
+
+    def close_worker(self, kill: bool = False) -> None:
+        """End the worker: at once (``kill``), or after its running job has stopped."""
+        if self.worker is not None:
+            if kill:
+                self.worker.kill()
+            else:
+                self.worker.stop_in_background()
+            self.worker = None
+
+    def _submit(self, args: list[str], workdir: Path, python: str | None, env: dict[str, str] | None) -> FollowedRun:
+        """The job in the worker; a refused job (the worker is busy) leaves no temporary folder."""
+        try:
+            return self._background(python, env).submit(args, workdir / "progress.jsonl")
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+
     def _command_args(self, inputs: JobInputs, source: Path, output: Path, progress_log: Path) -> list[str]:
         args = ["detect", inputs.model_path, str(source), "-o", str(output), "--format", "nrrd", "--device", inputs.device]
         args += ["--progress-log", str(progress_log), "--adapt" if inputs.adapt else "--no-adapt"]
@@ -182,8 +218,7 @@ class AnomalyLogic:
         args = self._command_args(inputs, scan.image, workdir / "out", workdir / "progress.jsonl")
         if mask_path is not None:
             args += ["--brain-mask", str(mask_path)]
-        command = BackgroundCommand(args, python=python, env=env, progress_log=workdir / "progress.jsonl")
-        command.start()
+        command = self._submit(args, workdir, python, env)
         return DetectionJob(command=command, workdir=workdir, inputs=inputs, output=workdir / "out")
 
     def _job_score_map(self, card: dict) -> str:
@@ -244,23 +279,9 @@ class AnomalyLogic:
         model_path, card = self._model()
         if (volumes is None) == (folder is None):
             raise SSAEError("give either loaded volumes or a folder of scans")
-        workdir = Path(tempfile.mkdtemp(prefix="ssae-batch-"))
-        scans = []
-        if volumes is not None:
-            if not volumes:
-                raise SSAEError("select at least one volume")
-            rows = ["case,image"]
-            for index, volume in enumerate(volumes):
-                image = self._volume_image(volume)
-                case = f"scan{index + 1:03d}"
-                path = workdir / f"{case}.nrrd"
-                sitk.WriteImage(image, str(path))
-                scans.append(ScanInput(case, path, volume.GetID(), volume.GetName()))
-                rows.append(f"{case},{path.name}")
-            source = workdir / "scans.csv"
-            source.write_text("\n".join(rows) + "\n", encoding="utf-8")
-            output, keep = workdir / "out", False
-        else:
+        if volumes is not None and not volumes:
+            raise SSAEError("select at least one volume")
+        if folder is not None:
             source = Path(folder)
             if not source.exists():
                 raise SSAEError(f"folder not found: {source}")
@@ -269,11 +290,26 @@ class AnomalyLogic:
             output, keep = Path(output_folder), True
             if (output / "cohort.csv").exists():
                 raise SSAEError(f"{output} already holds a cohort.csv; choose another folder")
+        workdir = Path(tempfile.mkdtemp(prefix="ssae-batch-"))
+        scans = []
+        if volumes is not None:
+            try:
+                rows = ["case,image"]
+                for index, volume in enumerate(volumes):
+                    image = self._volume_image(volume)
+                    case = f"scan{index + 1:03d}"
+                    path = workdir / f"{case}.nrrd"
+                    sitk.WriteImage(image, str(path))
+                    scans.append(ScanInput(case, path, volume.GetID(), volume.GetName()))
+                    rows.append(f"{case},{path.name}")
+                source = workdir / "scans.csv"
+                source.write_text("\n".join(rows) + "\n", encoding="utf-8")
+            except BaseException:
+                shutil.rmtree(workdir, ignore_errors=True)
+                raise
+            output, keep = workdir / "out", False
         inputs = JobInputs(tuple(scans), model_path, card, self._adapt(card), self.parameters.device, self._job_score_map(card))
-        command = BackgroundCommand(
-            self._command_args(inputs, source, output, workdir / "progress.jsonl"), python, env, workdir / "progress.jsonl"
-        )
-        command.start()
+        command = self._submit(self._command_args(inputs, source, output, workdir / "progress.jsonl"), workdir, python, env)
         return DetectionJob(command=command, workdir=workdir, inputs=inputs, output=output, cohort=True, keep_output=keep)
 
     def load_batch(self, job: DetectionJob) -> list[dict[str, str]]:

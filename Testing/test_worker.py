@@ -1,0 +1,140 @@
+"""The detection worker: one long-lived process that runs ``ssae`` commands one after another
+(ssae.worker in the child, ssae.background.DetectionWorker in the parent)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+
+from ssae.background import DetectionWorker, wait_for
+from ssae.detection import cached_detector
+
+
+@pytest.fixture()
+def worker():
+    running = DetectionWorker()
+    yield running
+    running.kill()
+
+
+def _detect_args(model: Path, image: Path, output: Path, *extra: str) -> list[str]:
+    return ["detect", str(model), str(image), "-o", str(output), "--device", "cpu", "--no-adapt", *extra]
+
+
+def test_jobs_run_one_after_another_in_one_process_with_the_results_of_the_command(worker, tiny_model, small_cases, tmp_path):
+    image = small_cases / "patient19" / "flair.nii.gz"
+    codes = []
+    for name in ("first", "second"):
+        job = worker.submit(
+            _detect_args(tiny_model, image, tmp_path / name, "--progress-log", str(tmp_path / f"{name}.jsonl")), tmp_path / f"{name}.jsonl"
+        )
+        codes.append(wait_for(job, timeout_s=300, poll_s=0.05))
+        assert codes[-1] == 0, "\n".join(job.new_lines())
+        assert any("lesion(s)" in line for line in job.new_lines())  # the command's own output, routed to its job
+        assert [e["event"] for e in job.new_events()][-1] == "done"
+    assert worker.starts == 1 and worker.alive
+    first, second = (json.loads((tmp_path / n / "flair_summary.json").read_text()) for n in ("first", "second"))
+    assert first["lesion_count"] == second["lesion_count"] and first["total_volume_ml"] == pytest.approx(second["total_volume_ml"])
+    for name in ("aggregated", "prior"):
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "first" / f"flair_{name}.nii.gz")))
+        b = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "second" / f"flair_{name}.nii.gz")))
+        assert (a == b).all()
+
+
+def test_a_failing_job_reports_like_the_command_and_the_worker_goes_on(worker, tiny_model, small_cases, tmp_path):
+    job = worker.submit(_detect_args(tiny_model, tmp_path / "missing.nii.gz", tmp_path / "out"))
+    assert wait_for(job, timeout_s=120, poll_s=0.05) == 2
+    assert any("missing.nii.gz" in line for line in job.new_lines())
+    worker._send({"nonsense": True})  # a malformed request is ignored
+    job = worker.submit(_detect_args(tiny_model, small_cases / "patient19" / "flair.nii.gz", tmp_path / "out"))
+    assert wait_for(job, timeout_s=300, poll_s=0.05) == 0
+    assert worker.starts == 1
+
+
+def test_a_cancelled_job_stops_through_its_stop_file_and_the_worker_takes_the_next(worker, tiny_model, small_cases, tmp_path):
+    image = small_cases / "patient19" / "flair.nii.gz"
+    log = tmp_path / "progress.jsonl"
+    job = worker.submit(
+        [
+            "detect",
+            str(tiny_model),
+            str(image),
+            "-o",
+            str(tmp_path / "cancelled"),
+            "--device",
+            "cpu",
+            "--adapt",
+            "--adapt-epochs",
+            "200",
+            "--progress-log",
+            str(log),
+        ],
+        log,
+    )
+    deadline = time.monotonic() + 120
+    while not job.new_events() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    started = time.perf_counter()
+    job.request_cancel()
+    assert time.perf_counter() - started < 0.1
+    assert wait_for(job, timeout_s=60, poll_s=0.05) == 130 and not job.killed
+    assert not (tmp_path / "cancelled").exists() or not any(p.name.startswith("flair_") for p in (tmp_path / "cancelled").iterdir())
+    assert not job.stop_file.exists()
+    job = worker.submit(_detect_args(tiny_model, image, tmp_path / "next"))
+    assert wait_for(job, timeout_s=300, poll_s=0.05) == 0 and worker.starts == 1
+
+
+def test_a_worker_that_dies_ends_its_job_and_the_next_job_gets_a_fresh_worker(worker, tiny_model, small_cases, tmp_path):
+    image = small_cases / "patient19" / "flair.nii.gz"
+    log = tmp_path / "progress.jsonl"
+    job = worker.submit(
+        [
+            "detect",
+            str(tiny_model),
+            str(image),
+            "-o",
+            str(tmp_path / "crashed"),
+            "--device",
+            "cpu",
+            "--adapt",
+            "--adapt-epochs",
+            "200",
+            "--progress-log",
+            str(log),
+        ],
+        log,
+    )
+    deadline = time.monotonic() + 120
+    while not job.new_events() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker.kill()  # as a crash would
+    code = wait_for(job, timeout_s=60, poll_s=0.05)
+    assert code != 0 and any("worker ended during the job" in line for line in job.new_lines())
+    assert not (tmp_path / "crashed").exists() or not any(p.name.startswith("flair_") for p in (tmp_path / "crashed").iterdir())
+    job = worker.submit(_detect_args(tiny_model, image, tmp_path / "after"))
+    assert wait_for(job, timeout_s=300, poll_s=0.05) == 0
+    assert worker.starts == 2
+
+
+def test_the_worker_ends_when_its_parent_closes_its_input(worker):
+    worker.start()
+    assert worker.ready.wait(120)
+    worker.close()
+    worker.process.wait(30)
+    assert not worker.alive
+
+
+def test_a_cached_detector_is_reloaded_when_its_file_changes(tiny_model, tmp_path):
+    copy = tmp_path / "model.safetensors"
+    shutil.copy(tiny_model, copy)
+    first = cached_detector(copy, "cpu")
+    assert cached_detector(copy, "cpu") is first
+    stat = copy.stat()
+    os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # a new version of the file
+    assert cached_detector(copy, "cpu") is not first
