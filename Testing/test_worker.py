@@ -27,6 +27,17 @@ def _detect_args(model: Path, image: Path, output: Path, *extra: str) -> list[st
     return ["detect", str(model), str(image), "-o", str(output), "--device", "cpu", "--no-adapt", *extra]
 
 
+def _long_job_under_way(worker: DetectionWorker, model: Path, image: Path, output: Path):
+    """A detection with a long adaptation, once its first progress event has arrived."""
+    log = output.parent / f"{output.name}.jsonl"
+    args = ["detect", str(model), str(image), "-o", str(output), "--device", "cpu", "--adapt", "--adapt-epochs", "200"]
+    job = worker.submit([*args, "--progress-log", str(log)], log)
+    deadline = time.monotonic() + 120
+    while not job.new_events() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return job
+
+
 def test_jobs_run_one_after_another_in_one_process_with_the_results_of_the_command(worker, tiny_model, small_cases, tmp_path):
     image = small_cases / "patient19" / "flair.nii.gz"
     codes = []
@@ -59,27 +70,7 @@ def test_a_failing_job_reports_like_the_command_and_the_worker_goes_on(worker, t
 
 def test_a_cancelled_job_stops_through_its_stop_file_and_the_worker_takes_the_next(worker, tiny_model, small_cases, tmp_path):
     image = small_cases / "patient19" / "flair.nii.gz"
-    log = tmp_path / "progress.jsonl"
-    job = worker.submit(
-        [
-            "detect",
-            str(tiny_model),
-            str(image),
-            "-o",
-            str(tmp_path / "cancelled"),
-            "--device",
-            "cpu",
-            "--adapt",
-            "--adapt-epochs",
-            "200",
-            "--progress-log",
-            str(log),
-        ],
-        log,
-    )
-    deadline = time.monotonic() + 120
-    while not job.new_events() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    job = _long_job_under_way(worker, tiny_model, image, tmp_path / "cancelled")
     started = time.perf_counter()
     job.request_cancel()
     assert time.perf_counter() - started < 0.1
@@ -92,27 +83,7 @@ def test_a_cancelled_job_stops_through_its_stop_file_and_the_worker_takes_the_ne
 
 def test_a_worker_that_dies_ends_its_job_and_the_next_job_gets_a_fresh_worker(worker, tiny_model, small_cases, tmp_path):
     image = small_cases / "patient19" / "flair.nii.gz"
-    log = tmp_path / "progress.jsonl"
-    job = worker.submit(
-        [
-            "detect",
-            str(tiny_model),
-            str(image),
-            "-o",
-            str(tmp_path / "crashed"),
-            "--device",
-            "cpu",
-            "--adapt",
-            "--adapt-epochs",
-            "200",
-            "--progress-log",
-            str(log),
-        ],
-        log,
-    )
-    deadline = time.monotonic() + 120
-    while not job.new_events() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    job = _long_job_under_way(worker, tiny_model, image, tmp_path / "crashed")
     worker.kill()  # as a crash would
     code = wait_for(job, timeout_s=60, poll_s=0.05)
     assert code != 0 and any("worker ended during the job" in line for line in job.new_lines())

@@ -66,6 +66,16 @@ def _kill_tree(process: subprocess.Popen) -> None:
             pass
 
 
+def _drain(lines: queue.Queue[str]) -> list[str]:
+    """Everything in ``lines`` now, without waiting."""
+    drained = []
+    while True:
+        try:
+            drained.append(lines.get_nowait())
+        except queue.Empty:
+            return drained
+
+
 def _new_stop_file(owner: object) -> Path:
     return Path(tempfile.gettempdir()) / f"ssae-stop-{os.getpid()}-{id(owner)}-{time.time_ns()}"
 
@@ -97,12 +107,7 @@ class FollowedRun:
 
     def new_lines(self) -> list[str]:
         """Output lines (stdout and stderr) that arrived since the last call."""
-        lines = []
-        while True:
-            try:
-                lines.append(self._lines.get_nowait())
-            except queue.Empty:
-                return lines
+        return _drain(self._lines)
 
     def new_events(self) -> list[dict[str, Any]]:
         return self.progress.new_events() if self.progress else []
@@ -330,12 +335,7 @@ class DetectionWorker:
 
     def new_lines(self) -> list[str]:
         """Output the worker wrote outside any job (e.g. while warming up)."""
-        lines = []
-        while True:
-            try:
-                lines.append(self._idle_lines.get_nowait())
-            except queue.Empty:
-                return lines
+        return _drain(self._idle_lines)
 
     def _send(self, request: dict[str, Any]) -> None:
         assert self.process is not None and self.process.stdin is not None
