@@ -48,6 +48,22 @@ def _process_options() -> dict[str, Any]:
     return {"start_new_session": True}  # its own process group: the kill reaches its children too
 
 
+def _start_child(command: list[str], env: dict[str, str], stdin: int) -> subprocess.Popen[str]:
+    """A child in its own process group whose stdout and stderr come back as UTF-8 lines."""
+    return subprocess.Popen(
+        command,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        bufsize=1,
+        env=env,
+        **_process_options(),
+    )
+
+
 def _kill_tree(process: subprocess.Popen) -> None:
     """End a child started with :func:`_process_options` and everything it started."""
     if process.poll() is not None:
@@ -176,18 +192,7 @@ class BackgroundCommand(FollowedRun):
         self._reader: threading.Thread | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            self.command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            bufsize=1,
-            env=self.env,
-            **_process_options(),
-        )
+        self.process = _start_child(self.command, self.env, stdin=subprocess.DEVNULL)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -297,18 +302,7 @@ class DetectionWorker:
         """Start the child (done by :meth:`submit` and :meth:`warm` when none is running)."""
         if self.alive:
             return
-        process = subprocess.Popen(
-            self.command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            bufsize=1,
-            env=self.env,
-            **_process_options(),
-        )
+        process = _start_child(self.command, self.env, stdin=subprocess.PIPE)
         self.process = process
         self.ready = threading.Event()  # set when the worker has done its imports
         self.starts += 1
