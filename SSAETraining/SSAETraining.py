@@ -2,14 +2,18 @@
 
 Training runs as a separate ``ssae train`` process, so Slicer stays responsive; the panel
 follows the engine's JSON-lines progress log (level, epoch, losses, ETA), shows the log, and
-Cancel ends the process tree after the engine has saved its resume state.
+Cancel ends the process tree after the engine has saved its resume state. A run outlives a
+developer's Reload of this module (the new panel picks it up again) but not Slicer itself.
+Nothing here imports PyTorch; Slicer 5.10 or newer (``SSAEAnomalyLib.compatibility``).
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,10 +37,14 @@ def _make_engine_importable() -> None:
 
 _make_engine_importable()
 
-from SSAEAnomalyLib.dependencies import device_description, ensure_engine_dependencies  # noqa: E402 (paths set above)
-from SSAETrainingLib import TrainingRequest, load_request, parameter_node, save_request, start_training  # noqa: E402
+from SSAEAnomalyLib.compatibility import unsupported_reason  # noqa: E402 (paths set above)
 
-from ssae import defaults  # noqa: E402
+UNSUPPORTED = unsupported_reason(sys.version_info, (slicer.app.majorVersion, slicer.app.minorVersion))
+if UNSUPPORTED is None:
+    from SSAEAnomalyLib.dependencies import ensure_engine_dependencies, packages_summary
+    from SSAETrainingLib import RUNNING, TrainingRequest, load_request, parameter_node, save_request, start_training
+
+    from ssae import defaults
 
 MODES = {"train": "Train a new model on healthy scans", "adapt": "Adapt a model to my scans"}
 SIZES = ("64", "128", "256")
@@ -62,13 +70,21 @@ class SSAETrainingWidget(ScriptedLoadableModuleWidget):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         self.job = None
+        self.ui = None
         self.lastModel = ""
+        self.quitting = False
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.connect("timeout()", self.onPoll)
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
+        if UNSUPPORTED is not None:
+            message = qt.QLabel()
+            message.wordWrap = True
+            message.text = UNSUPPORTED
+            self.layout.addWidget(message)
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/SSAETraining.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -79,20 +95,29 @@ class SSAETrainingWidget(ScriptedLoadableModuleWidget):
         self.ui.variantComboBox.addItems(list(defaults.VARIANTS))
         self.ui.sizeComboBox.addItems(list(SIZES))
         self.ui.deviceComboBox.addItems(list(DEVICES))
-        self.ui.deviceLabel.text = device_description()
+        self.ui.deviceLabel.text = packages_summary("the training log names the device it runs on (auto: the GPU where PyTorch sees one).")
         self.ui.progressBar.hide()
         self.ui.cancelButton.hide()
         self.ui.trainButton.connect("clicked(bool)", self.onTrain)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.useModelButton.connect("clicked(bool)", self.onUseModel)
+        slicer.app.connect("aboutToQuit()", self.onAboutToQuit)
         self.showRequest(load_request(parameter_node(slicer.mrmlScene)))
+        if RUNNING.job is not None:  # a run started before a developer's Reload of this module
+            self._follow(RUNNING.job)
+
+    def onAboutToQuit(self):
+        self.quitting = True
 
     def cleanup(self):
-        """Slicer is closing: ask the run to stop; if it outlives its grace period it is ended
-        (the process runs on its own, so nothing waits here)."""
-        if self.job is not None:
-            self.timer.stop()
+        """Slicer is closing: ask the run to stop (it saves its resume state; if it outlives its
+        grace period it is ended; nothing waits here). A developer's Reload leaves the run going
+        and the new panel follows it."""
+        self.timer.stop()
+        slicer.app.disconnect("aboutToQuit()", self.onAboutToQuit)
+        if self.job is not None and self.quitting:
             self.job.command.stop_in_background()
+            RUNNING.job = None
 
     def onModeChanged(self, index=None):
         adapting = self.ui.modeComboBox.currentData == "adapt"
@@ -138,22 +163,37 @@ class SSAETrainingWidget(ScriptedLoadableModuleWidget):
             base_model=self.ui.baseModelLineEdit.currentPath,
         )
 
+    @contextmanager
+    def _reportingErrors(self, message):
+        """Show an error in a dialog and go on (``tryWithErrorDisplay`` re-raises: in a Qt slot
+        that would skip the rest of the slot)."""
+        try:
+            with slicer.util.tryWithErrorDisplay(message, waitCursor=True):
+                yield
+        except Exception:  # noqa: BLE001 (shown to the user by tryWithErrorDisplay)
+            logging.exception(message)
+
     def onTrain(self):
         request = self.currentRequest()
         save_request(parameter_node(slicer.mrmlScene), replace(request, resume=False, overwrite=False))
-        if not ensure_engine_dependencies():
+        if not ensure_engine_dependencies():  # declined or failed: it said why, the panel stays as it was
             return
-        with slicer.util.tryWithErrorDisplay("Cannot start training.", waitCursor=True):
-            self.job = start_training(request, python=shutil.which("PythonSlicer") or sys.executable)
+        with self._reportingErrors("Cannot start training."):
+            job = start_training(request, python=shutil.which("PythonSlicer") or sys.executable)
+            RUNNING.job = job
             self.ui.logTextEdit.clear()
-            self.ui.progressBar.value = 0
-            self.ui.progressBar.show()
-            self.ui.cancelButton.show()
-            self.ui.cancelButton.enabled = True
-            self.ui.trainButton.enabled = False
-            self.ui.useModelButton.enabled = False
-            self.ui.statusLabel.text = "Starting..."
-            self.timer.start()
+            self._follow(job)
+
+    def _follow(self, job):
+        self.job = job
+        self.ui.progressBar.value = int(100 * job.progress.fraction)
+        self.ui.progressBar.show()
+        self.ui.cancelButton.show()
+        self.ui.cancelButton.enabled = True
+        self.ui.trainButton.enabled = False
+        self.ui.useModelButton.enabled = False
+        self.ui.statusLabel.text = "Starting..." if not job.progress.history else job.progress.status
+        self.timer.start()
 
     def onPoll(self):
         if self.job is None:
@@ -183,6 +223,7 @@ class SSAETrainingWidget(ScriptedLoadableModuleWidget):
         shutil.rmtree(self.job.progress_log.parent, ignore_errors=True)
         self.lastModel = progress.model
         self.job = None
+        RUNNING.job = None
 
     def onCancel(self):
         """Ask the run to stop (it saves its resume state); the timer sees it end. Never waits here."""
@@ -195,7 +236,8 @@ class SSAETrainingWidget(ScriptedLoadableModuleWidget):
         from SSAEAnomalyLib import AnomalyParameters
 
         AnomalyParameters.of_scene(slicer.mrmlScene).model_path = self.lastModel
-        slicer.util.selectModule("SSAEAnomaly")
+        with self._reportingErrors("Cannot switch to SSAE Anomaly; select it in the module list."):
+            slicer.util.selectModule("SSAEAnomaly")
 
 
 class SSAETrainingLogic(ScriptedLoadableModuleLogic):
@@ -203,9 +245,14 @@ class SSAETrainingLogic(ScriptedLoadableModuleLogic):
 
 
 class SSAETrainingTest(ScriptedLoadableModuleTest):
-    """Trains a tiny model on the shipped MSLUB sample in a background process, inside Slicer."""
+    """Trains a tiny model on the shipped MSLUB sample in a background process, inside Slicer
+    (skipped where PyTorch is not installed)."""
 
     def setUp(self):
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            self.skipTest("PyTorch is not installed (Train offers to install it)")
         slicer.mrmlScene.Clear(0)
 
     def runTest(self):

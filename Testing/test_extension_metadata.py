@@ -85,7 +85,7 @@ def test_sample_data_sources_point_at_the_shipped_files_with_their_checksums():
     sources = sample_data_sources()
     assert [s["sampleName"] for s in sources] == ["SSAE MSLUB patient 19", "SSAE MSLUB patient 7", "SSAE raw clinical FLAIR"]
     for source in sources:
-        lengths = {len(source[k]) for k in ("uris", "fileNames", "nodeNames", "loadFileType", "checksums")}
+        lengths = {len(source[k]) for k in ("uris", "fileNames", "nodeNames", "loadFileTypes", "checksums")}
         assert len(lengths) == 1
         for uri, checksum in zip(source["uris"], source["checksums"]):
             path = urlsplit(uri).path
@@ -101,41 +101,34 @@ def test_shipped_model_card_names_its_training_data_without_a_path():
     assert "/" not in json.dumps({k: v for k, v in data.items() if k not in ("train_subjects", "val_subjects")})
 
 
-def test_both_modules_import_and_show_their_panel_text_without_pytorch(tmp_path):
-    """A factory Slicer has no PyTorch: the modules must load (and offer to install it).
-
-    Slicer's Qt layer cannot exist here, so the few Qt/Slicer-application names the module
-    files use at import time get empty stand-ins; everything else is real. PyTorch and
-    safetensors are made unimportable.
-    """
+def test_both_modules_set_up_their_panels_without_pytorch(tmp_path):
+    """A factory Slicer has no PyTorch: both panels must set up (on Slicer's contracts, the
+    widget double of Testing/slicer_double) and say that it will be installed when needed,
+    without importing it. PyTorch and safetensors are made unimportable."""
     script = textwrap.dedent(
         f"""
-        import sys, types
+        import sys
         sys.modules["torch"] = None            # "import torch" raises ImportError
         sys.modules["safetensors"] = None
-        sys.path[:0] = [{str(REPO)!r}, {str(REPO / "SSAEAnomaly")!r}, {str(REPO / "SSAETraining")!r}]
-        import slicer
-        qt = types.ModuleType("qt")
-        qt.QTimer = type("QTimer", (), {{}})
-        sys.modules["qt"] = qt
-        loadable = types.ModuleType("slicer.ScriptedLoadableModule")
-        for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest", "ScriptedLoadableModuleWidget"):
-            setattr(loadable, name, type(name, (), {{"__init__": lambda self, *a, **k: None}}))
-        sys.modules["slicer.ScriptedLoadableModule"] = loadable
-        slicer.util.VTKObservationMixin = type("VTKObservationMixin", (), {{}})
-        import SSAEAnomaly, SSAETraining
-        from SSAEAnomalyLib.dependencies import device_description, missing_packages
-        from SSAEAnomalyLib import AnomalyLogic
-        from ssae.resources import default_model_path
-        print(device_description())
-        print(missing_packages())
-        print(AnomalyLogic(None).model_summary(str(default_model_path())).splitlines()[0])
+        sys.path[:0] = [{str(REPO)!r}, {str(REPO / "Testing")!r}]
+        from pathlib import Path
+        import pytest
+        from headless_slicer import headless_scene
+        from slicer_double import Session
+        session = Session(headless_scene()[0], pytest.MonkeyPatch())
+        for name in ("SSAEAnomaly", "SSAETraining"):
+            harness = session.load_module(name, Path({str(REPO)!r}) / name / f"{{name}}.py")
+            session.startup_completed()
+            widget = harness.create_widget()
+            harness.enter()
+            print(widget.ui.deviceLabel.text)
+        print(widget.ui.trainButton.enabled)
+        session.close()
         assert sys.modules["torch"] is None and "ssae.detection" not in sys.modules
         """
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
-    assert "PyTorch is not installed yet" in lines[0]
-    assert "torch" in lines[1] and "safetensors" in lines[1]
-    assert lines[2].startswith("dense SSAE 128 px, 3 levels")
+    assert lines[0].startswith("PyTorch is not installed yet") and lines[1].startswith("PyTorch is not installed yet")
+    assert lines[2] == "True"

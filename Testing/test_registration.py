@@ -139,7 +139,7 @@ def test_a_volume_without_a_head_is_refused():
 
 def test_slicer_logic_shows_atlas_results_and_the_registration_transform(clinical_small, atlas_model):
     from SSAEAnomalyLib import AnomalyLogic, update_volume_node_from_image
-    from SSAEAnomalyLib.slice_rendering import headless_scene
+    from headless_slicer import headless_scene
 
     scene, _ = headless_scene()
     volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "raw FLAIR")

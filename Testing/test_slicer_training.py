@@ -6,7 +6,7 @@ import time
 from dataclasses import replace
 
 import pytest
-from SSAEAnomalyLib.slice_rendering import headless_scene
+from headless_slicer import headless_scene
 from SSAETrainingLib import TrainingProgress, TrainingRequest, load_request, parameter_node, save_request, start_training
 
 from ssae.background import wait_for

@@ -41,6 +41,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "SSAEAnomaly"))
+sys.path.insert(0, str(REPO / "Testing"))
 
 from ssae.checkpoint import Calibration, ModelCard, save_model
 from ssae.detection import Detector
@@ -165,7 +166,7 @@ def slicer_worker_rows(device: str, repeats: int) -> None:
     """SSAEAnomaly's own logic on a slicer-core scene: what a user waits per click."""
     try:
         from SSAEAnomalyLib import AnomalyLogic, update_volume_node_from_image
-        from SSAEAnomalyLib.slice_rendering import headless_scene
+        from headless_slicer import headless_scene
     except ImportError as exc:
         print(f"{'SSAEAnomaly (slicer-core)':>60s}: skipped ({exc}); pip install -e .[test]")
         return

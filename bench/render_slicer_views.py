@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "SSAEAnomaly")]
+sys.path[:0] = [str(REPO), str(REPO / "SSAEAnomaly"), str(REPO / "Testing")]
 
 import matplotlib
 
@@ -36,7 +36,7 @@ import numpy as np
 import SimpleITK as sitk
 from SSAEAnomalyLib import AnomalyLogic, update_volume_node_from_image
 from SSAEAnomalyLib.logic import show_in_slice_views
-from SSAEAnomalyLib.slice_rendering import SliceViewRenderer, headless_scene
+from headless_slicer import SliceViewRenderer, headless_scene
 from SSAEAnomalyLib.volumes import array_from_volume_node
 
 from ssae.resources import default_model_path, sample_case_dir

@@ -289,6 +289,7 @@ class DetectionWorker:
         self._lock = threading.Lock()
         self._idle_lines: queue.Queue[str] = queue.Queue()
         self.ready = threading.Event()
+        self.device = ""  # where the networks run, as the worker described it when ready
 
     @property
     def alive(self) -> bool:
@@ -352,6 +353,7 @@ class DetectionWorker:
                 except json.JSONDecodeError:
                     message = {}
                 if message.get("event") == "ready":
+                    self.device = str(message.get("device", ""))
                     self.ready.set()
                 elif message.get("event") == "end" and job is not None and message.get("job") == job.id:
                     job.finish(int(message.get("exit_code", 1)))

@@ -12,6 +12,11 @@ autoencoders on MSLUB. Two versions are reported beside every model:
   scan (so every scan contributes its own brightest voxels, whatever its contrast), and mapped
   back to the input grid. A model that does not beat this has learnt nothing the intensity
   does not already say.
+
+For the *mask* there is a label-free FLAIR rule as well (:func:`flair_rule_mask`): the brain
+voxels whose FLAIR z-score (mean and standard deviation over the scan's own brain mask) exceeds
+K, components smaller than a minimum size dropped; K and the size are chosen by
+``bench/operating_point.py`` on the other data sets (:data:`ssae.defaults.FLAIR_RULE`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy.stats import rankdata
 
+from .lesions import label_lesions, lesion_mask
 from .postprocessing import eroded_brain
 from .preprocessing import PreparedVolume
 
@@ -38,3 +44,19 @@ def strong_intensity_score(prepared: PreparedVolume, brain_erosion: int) -> np.n
     if inside.any():
         score[inside] = rankdata(prepared.intensities[inside]) / inside.sum()
     return score
+
+
+def flair_rule_mask(image: sitk.Image, brain_mask: sitk.Image, k: float, min_lesion_mm3: float) -> sitk.Image:
+    """Brain voxels with FLAIR z-score > ``k`` (the scan's own brain mean and standard deviation),
+    without components smaller than ``min_lesion_mm3``: the mask anyone could draw without a model."""
+    values = sitk.GetArrayFromImage(image).astype(np.float64)
+    brain = sitk.GetArrayViewFromImage(brain_mask).astype(bool)
+    inside = values[brain]
+    z = (
+        np.where(brain, (values - inside.mean()) / max(float(inside.std()), 1e-12), -np.inf)
+        if inside.size
+        else np.full(values.shape, -np.inf)
+    )
+    score = sitk.GetImageFromArray(z.astype(np.float32))
+    score.CopyInformation(image)
+    return lesion_mask(label_lesions(score, k, min_lesion_mm3))

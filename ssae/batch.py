@@ -34,6 +34,7 @@ COHORT_COLUMNS = [
     "lesion_count",
     "total_volume_ml",
     "score_map",
+    "operating_point",
     "threshold",
     "adapted",
     "registration_check",
@@ -66,6 +67,7 @@ def detect_one(
     scales: bool = True,
     score_map: str | None = None,
     threshold: float | None = None,
+    operating_point: str | None = None,
     adaptation: AdaptationSettings | None = None,
     fmt: str = "nii.gz",
     figure: bool = False,
@@ -94,7 +96,14 @@ def detect_one(
 
     try:
         result = detector.detect(
-            image, mask, threshold=threshold, scales=scales, progress=forward, adaptation=adaptation, score_map=score_map
+            image,
+            mask,
+            threshold=threshold,
+            scales=scales,
+            progress=forward,
+            adaptation=adaptation,
+            score_map=score_map,
+            operating_point=operating_point,
         )
         warnings = alignment_warnings(result.prepared.alignment, card.modality)
         if adaptation is not None and card.adaptation is None:
@@ -178,6 +187,7 @@ def _cohort_row(detector: Detector, case: Case, folder: Path, report, options: d
         "lesion_count": result.statistics.count,
         "total_volume_ml": f"{result.statistics.total_ml:.3f}",
         "score_map": result.score_map,
+        "operating_point": result.rule.operating_point,
         "threshold": f"{result.threshold:.6g}",
         "adapted": "yes" if result.adaptation is not None else "no",
         "registration_check": "" if alignment is None else ("passed" if alignment.quality.passed else "warning"),

@@ -1,6 +1,10 @@
 """What a trained model is measured on before it leaves training: healthy validation volumes.
 
-* Every score map's threshold is chosen **without any lesion labels**: the ``percentile``-th
+* Every score map's **healthy tail** (:class:`ssae.operating_points.HealthyTail`): the share of
+  healthy brain voxels above each score, from which the card's operating points (healthy
+  false-positive budgets) turn into thresholds, and any threshold into an expected
+  false-positive volume on a healthy brain.
+* Every score map's percentile threshold is chosen **without any lesion labels**: the ``percentile``-th
   percentile of the map's post-processed scores over the brain voxels of held-out healthy
   subjects (lesion-labelled voxels, e.g. automatic WMH masks, left out). At 99.9, about one
   healthy voxel in a thousand exceeds it on data like the validation set. (A sparse map, such
@@ -19,12 +23,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dataclasses import dataclass
+
+from . import defaults
 from .adaptation import AdaptationSettings
-from .checkpoint import Calibration
+from .checkpoint import AdaptationDefaults, Calibration, ModelCard
 from .datasets import SliceStack
 from .detection import Detector
+from .operating_points import HealthyTail
 from .postprocessing import eroded_brain, score_maps
+from .preprocessing import atlas_slice_grid
 from .pyramid import decompose
+
+
+@dataclass
+class HealthyCalibration:
+    """One calibration pass: how it was done, a percentile threshold and a healthy tail per map."""
+
+    calibration: Calibration
+    thresholds: dict[str, float]
+    tails: dict[str, HealthyTail]
 
 
 def calibrate_thresholds(
@@ -33,14 +51,16 @@ def calibrate_thresholds(
     subjects: list[str],
     percentile: float,
     adaptation: AdaptationSettings | None = None,
+    voxel_ml: float | None = None,
     log=lambda message: None,
-) -> tuple[Calibration, dict[str, float]]:
-    """Label-free thresholds of every score map from healthy validation subjects.
+) -> HealthyCalibration:
+    """Label-free thresholds and healthy tails of every score map from healthy validation subjects.
 
     Each subject is one 3D volume, processed exactly as a scan at detection time: with
     ``adaptation``, a copy of the model is first adapted to that subject (adaptation lowers
     the residuals, so thresholds calibrated without it would be too high for adapted runs).
-    Returns how the thresholds were chosen and one threshold per map.
+    ``voxel_ml`` is the slice grid's voxel volume (the atlas grid's; None for native grids,
+    whose tails then state shares of the brain but no volume).
     """
     post = detector.card.postprocessing
     healthy: dict[str, list[np.ndarray]] = {}
@@ -58,6 +78,7 @@ def calibrate_thresholds(
             healthy.setdefault(key, []).append(score[counted])
     values = {key: np.concatenate(parts) for key, parts in healthy.items()}
     voxels = int(values["aggregated"].size)
+    brain_ml = voxels / len(subjects) * voxel_ml if voxel_ml else None
     calibration = Calibration(
         method=(
             f"{percentile:g}th percentile of each post-processed score map over {voxels} brain voxels "
@@ -67,7 +88,34 @@ def calibrate_thresholds(
         voxels=voxels,
     )
     aggregated = _label_free_threshold(values["aggregated"], percentile, fallback=0.0)
-    return calibration, {key: _label_free_threshold(v, percentile, fallback=aggregated) for key, v in values.items()}
+    return HealthyCalibration(
+        calibration=calibration,
+        thresholds={key: _label_free_threshold(v, percentile, fallback=aggregated) for key, v in values.items()},
+        tails={key: HealthyTail.from_scores(v, brain_ml) for key, v in values.items()},
+    )
+
+
+def calibrate_card(
+    card: ModelCard,
+    detector: Detector,
+    stack: SliceStack,
+    subjects: list[str],
+    percentile: float,
+    adaptation: AdaptationSettings,
+    adapt_by_default: bool,
+    log=lambda message: None,
+) -> None:
+    """Fill ``card`` with everything calibrated on healthy subjects, as trained and adapted:
+    percentile thresholds, healthy tails, and the operating points of :mod:`ssae.defaults`."""
+    voxel_ml = float(np.prod(atlas_slice_grid(card.preprocessing).GetSpacing())) / 1000.0 if card.preprocessing.atlas else None
+    log("calibrating on healthy validation subjects")
+    trained = calibrate_thresholds(detector, stack, subjects, percentile, voxel_ml=voxel_ml, log=log)
+    log("calibrating on adapted healthy validation subjects")
+    adapted = calibrate_thresholds(detector, stack, subjects, percentile, adaptation, voxel_ml=voxel_ml, log=log)
+    card.calibration, card.thresholds = trained.calibration, trained.thresholds
+    card.adaptation = AdaptationDefaults(settings=adaptation, enabled=adapt_by_default, thresholds=adapted.thresholds)
+    card.healthy_tails = {"trained": trained.tails, "adapted": adapted.tails}
+    card.operating_points = defaults.operating_points_section()
 
 
 def _label_free_threshold(healthy: np.ndarray, percentile: float, fallback: float) -> float:

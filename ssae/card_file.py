@@ -21,8 +21,8 @@ from .errors import SSAEError
 CARD_KEY = "ssae_model_card"
 CHECKSUM_KEY = "ssae_card_sha256"
 FORMAT = "ssae-model"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MAX_HEADER_BYTES = 100_000_000
 # safetensors dtype -> torch's name of it: the weights' SHA-256 hashes the torch name
 # (ssae.checkpoint.weights_digest), so that both readers agree byte for byte.
@@ -139,58 +139,6 @@ def adapted_thresholds(card: dict[str, Any]) -> dict[str, float]:
     return dict(adaptation.get("thresholds") or {})
 
 
-def describe_card(card: dict[str, Any]) -> str:
-    """The model card for people (``ssae info``, the Slicer module's model panel)."""
-    training = card.get("training", {})
-    data = training.get("data", {})
-    pre, post = card["preprocessing"], card["postprocessing"]
-    format_1 = card.get("format_version") == 1
-    clip = pre.get("clip_max", 1.0)
-    factor = post.get("prior_factor") if not format_1 else None
-    prior = (
-        f"brighter than {factor:g} x the scan's median brain intensity"
-        if factor is not None
-        else f"brighter than the {post.get('prior_percentile', 90):g}th percentile of the scan's brain"
-    )
-    adaptation = card.get("adaptation")
-    if not adaptation:
-        adapt_line = "scanner adaptation: no calibrated settings (format 1 model)"
-    else:
-        a = adaptation["settings"]
-        adapt_line = (
-            f"scanner adaptation: {'on' if adaptation['enabled'] else 'off'} by default; {a['epochs']} epochs per level, learning rate "
-            f"{a['learning_rate']:g}, brain voxels above the scan's {a['exclude_percentile']:g}th intensity percentile left out"
-        )
-    calibration = card["threshold"]["method"] if format_1 else card["calibration"]["method"]
-    dataset = data.get("dataset") or Path(str(data.get("source", "?"))).name
-    lines = [
-        f"{card['name']}  ({card['parameters']:,} parameters, {card.get('modality', 'FLAIR')}, model format {card['format_version']})",
-        card.get("description") or "",
-        f"trained on: {dataset} ({data.get('subjects', '?')} subjects, {data.get('train_slices', '?')} training / "
-        f"{data.get('val_slices', '?')} validation slices)",
-        f"input: {pre['size']} px, {card['architecture']['levels']} level(s), {'MNI152 atlas grid' if pre.get('atlas') else 'native slices'}"
-        f"{', N4 bias correction' if pre.get('bias_correction') else ''}, {pre['percentile']:g}th-percentile normalisation, "
-        f"{'no upper clip' if clip is None else f'clipped at {clip:g}'}",
-        f"mask drawn by: the {card.get('score_map', 'aggregated')} map (aggregated levels {card['aggregated_levels']})",
-        f"hyper-intensity prior: {prior}" + ("" if format_1 else f"; fused map: aggregated x FLAIR^{post['fusion_exponent']:g}"),
-        f"median filter {post['median_size']} ({post.get('median_per_level', 'same')} at coarser levels), brain erosion "
-        f"{post['brain_erosion']} px, lesions >= {post['min_lesion_mm3']:g} mm3",
-        adapt_line,
-        f"thresholds ({calibration}):",
-        "  as trained: " + ", ".join(f"{name} {value:.4g}" for name, value in card_thresholds(card).items()),
-        "  adapted:    " + (", ".join(f"{name} {value:.4g}" for name, value in adapted_thresholds(card).items()) or "-"),
-    ]
-    selection = card.get("selection") or {}
-    if selection:
-        lines.append(f"defaults chosen by: {selection.get('chosen_by', '?')} ({selection.get('report', '')})")
-    if "site_adaptation" in training:
-        site = training["site_adaptation"]
-        lines.append(f"site-adapted to: {site['data']['dataset']} ({site['data']['scans']} scans) on {site.get('date', '?')}")
-    lines += [
-        f"epochs per level: {training.get('epochs_per_level')}; best validation loss: {training.get('best_val_loss_per_level')}",
-        f"validation l1 per level: {card.get('fidelity', {}).get('l1_per_level')}",
-        f"seed {training.get('seed')}, device {training.get('device')}, {training.get('duration_s')} s; versions {card.get('versions')}",
-        "layers:",
-        *("  " + line for line in card.get("layers", [])),
-    ]
-    return "\n".join(line for line in lines if line)
+def calibration_method(card: dict[str, Any]) -> str:
+    """How the card's percentile thresholds were calibrated, in words."""
+    return card["threshold"]["method"] if card.get("format_version") == 1 else card["calibration"]["method"]

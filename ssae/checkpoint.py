@@ -28,6 +28,7 @@ from .card_file import CARD_KEY, CHECKSUM_KEY, FORMAT, FORMAT_VERSION, card_chec
 from .errors import SSAEError
 from .maps import is_map_name
 from .models import Architecture, ScaleSpaceAutoencoder, build_model, count_parameters
+from .operating_points import OPERATING_POINT_NAMES, HealthyTail, MaskRule, OperatingPoint, mask_rule
 from .postprocessing import PostprocessingSettings
 from .preprocessing import PreprocessingSettings
 from .volume_io import atomic_path, os_errors
@@ -66,6 +67,9 @@ class ModelCard:
     ``thresholds`` holds one label-free threshold per score map (``aggregated``, ``levelK``,
     ``prior``, ``fused``, ``flair``); ``score_map`` is the map whose threshold draws the lesion
     mask by default; ``selection`` says how these defaults were chosen, with the evidence.
+    ``healthy_tails`` (``trained`` and ``adapted``, one tail per map) and ``operating_points``
+    (the presets in healthy false-positive budgets, the default and the evidence) say which
+    voxels become the mask and what a threshold means (:mod:`ssae.operating_points`).
     """
 
     architecture: Architecture
@@ -82,6 +86,8 @@ class ModelCard:
     fidelity: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     description: str = ""
+    healthy_tails: dict[str, dict[str, HealthyTail]] = field(default_factory=dict)
+    operating_points: dict[str, Any] = field(default_factory=dict)  # {"default", "points": {name: OperatingPoint}, "chosen_by"}
 
     def __post_init__(self) -> None:
         for name, value in self.thresholds.items():
@@ -97,12 +103,36 @@ class ModelCard:
             raise SSAEError(f"the model card's score map {self.score_map!r} has no threshold")
         if not self.aggregated_levels or any(not 0 <= k < self.architecture.levels for k in self.aggregated_levels):
             raise SSAEError(f"the model card's aggregated levels {self.aggregated_levels} do not fit {self.architecture.levels} level(s)")
+        if set(self.healthy_tails) - {"trained", "adapted"} or any(not is_map_name(m) for t in self.healthy_tails.values() for m in t):
+            raise SSAEError("the model card's healthy tails must be 'trained'/'adapted' tails of known maps")
+        points = self.operating_points.get("points", {})
+        if points and (set(points) - set(OPERATING_POINT_NAMES) or self.operating_points.get("default") not in points):
+            raise SSAEError(
+                f"the model card's operating points must be among {', '.join(OPERATING_POINT_NAMES)} with one of them the default"
+            )
 
     def threshold_for(self, map_name: str, adapted: bool = False) -> float | None:
         """Label-free threshold of a map, for the unadapted or the adapted model (None if none)."""
         if adapted:
             return self.adaptation.thresholds.get(map_name) if self.adaptation is not None else None
         return self.thresholds.get(map_name)
+
+    def mask_rule(self, map_name: str, adapted: bool, operating_point: str | None = None, threshold: float | None = None) -> MaskRule:
+        """What draws ``map_name``'s mask (see :func:`ssae.operating_points.mask_rule`)."""
+        value = self.threshold_for(map_name, adapted)
+        if value is None:
+            value = self.threshold_for(map_name)
+        how = f"{self.calibration.method}{' (adapted healthy validation subjects)' if adapted and self.threshold_for(map_name, True) is not None else ''}"
+        return mask_rule(
+            self.operating_points.get("points", {}),
+            self.operating_points.get("default", ""),
+            self.healthy_tails.get("adapted" if adapted else "trained", {}).get(map_name),
+            None if value is None else (value, how),
+            self.postprocessing.min_lesion_mm3,
+            adapted,
+            operating_point,
+            threshold,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         arch = self.architecture
@@ -124,6 +154,11 @@ class ModelCard:
             "calibration": self.calibration.to_dict(),
             "adaptation": self.adaptation.to_dict() if self.adaptation is not None else None,
             "selection": self.selection,
+            "healthy_tails": {kind: {m: t.to_dict() for m, t in tails.items()} for kind, tails in self.healthy_tails.items()},
+            "operating_points": {
+                **self.operating_points,
+                "points": {name: point.to_dict() for name, point in self.operating_points.get("points", {}).items()},
+            },
             "training": self.training,
             "fidelity": self.fidelity,
             "versions": self.versions or current_versions(),
@@ -156,6 +191,11 @@ class ModelCard:
                 if adaptation
                 else None,
                 selection=data.get("selection") or {},
+                healthy_tails={
+                    str(kind): {str(m): HealthyTail.from_dict(t) for m, t in tails.items()}
+                    for kind, tails in (data.get("healthy_tails") or {}).items()
+                },
+                operating_points=_operating_points(data.get("operating_points") or {}),
                 modality=data.get("modality", "FLAIR"),
                 training=data.get("training", {}),
                 fidelity=data.get("fidelity", {}),
@@ -164,6 +204,12 @@ class ModelCard:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SSAEError(f"the model card is incomplete or malformed ({exc!s})") from None
+
+
+def _operating_points(section: dict[str, Any]) -> dict[str, Any]:
+    if not section:
+        return {}
+    return {**section, "points": {str(name): OperatingPoint.from_dict(p) for name, p in (section.get("points") or {}).items()}}
 
 
 def _number(value: Any) -> float:

@@ -1,4 +1,4 @@
-"""The ``ssae`` command line: train, adapt, detect, evaluate, preprocess, info, demo.
+"""The ``ssae`` command line: train, adapt, calibrate, detect, evaluate, preprocess, info, demo.
 
 Errors in the user's input end with one line on stderr and exit code 2, before any long work
 where they can be known up front (flags, inputs, the output folder and its free space); an
@@ -19,6 +19,7 @@ from . import __version__, defaults
 from .arguments import clip_value, fraction, nonnegative_float, nonnegative_int, odd_size, percentile, positive_float, positive_int
 from .background import watch_stop_file
 from .errors import SSAEError, TrainingInterrupted
+from .operating_points import OPERATING_POINT_NAMES
 
 EPILOG = "Every command accepts --help. Docs: README.md in the repository."
 MAP_CHOICES = ("prior", "fused", "aggregated", "flair")
@@ -47,6 +48,19 @@ def _add_adaptation(parser: argparse.ArgumentParser, title: str) -> None:
         help=f"brain voxels brighter than this percentile of each scan are left out of the loss (default: the model card's, {default.exclude_percentile:g})",
     )
     group.add_argument("--adapt-seed", type=nonnegative_int, help="random seed of the adaptation (default: the model card's, 0)")
+
+
+def _add_operating_point(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--operating-point",
+        choices=OPERATING_POINT_NAMES,
+        help="the model card's label-free preset that turns the map into a mask, in healthy false-positive budgets (default: the card's, balanced)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=positive_float,
+        help="a threshold in the map's own units instead of the operating point (its minimum lesion size still applies)",
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -183,6 +197,27 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_adaptation(adapt, "adaptation")
     _add_device(adapt)
 
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="recalibrate a model's operating points on healthy scans",
+        description=(
+            "Measure how healthy brains score under a model (as trained and adapted to each scan, as detection runs) and "
+            "write a copy of the model whose card holds the healthy tails, the percentile thresholds and the operating "
+            "points. Use a site's own healthy controls, or the model's validation subjects (the default when DATA holds them)."
+        ),
+    )
+    calibrate.add_argument("model", type=Path, help="model file to calibrate (.safetensors); it is never changed")
+    calibrate.add_argument("data", type=Path, help="folder of healthy scans or a CSV manifest (lesion labels, where given, are left out)")
+    calibrate.add_argument("-o", "--output", type=Path, required=True, help="calibrated model file to write (.safetensors)")
+    calibrate.add_argument(
+        "--subjects",
+        help="comma-separated case names to calibrate on (default: the model's validation subjects if DATA has them all, else every case)",
+    )
+    calibrate.add_argument("--brain-masks", type=Path, help="folder of brain masks named after the cases")
+    calibrate.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    calibrate.add_argument("--cache-dir", type=Path, help="preprocessed-slice cache (default: $SSAE_CACHE_DIR or ~/.cache/ssae)")
+    _add_device(calibrate)
+
     detect = commands.add_parser(
         "detect",
         help="anomaly maps and lesion mask for one volume or a cohort",
@@ -203,9 +238,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     detect.add_argument("--brain-masks", type=Path, help="folder of brain masks named after the scans (cohorts)")
     detect.add_argument("--score-map", choices=MAP_CHOICES, help="the map that draws the mask (default: the model card's)")
-    detect.add_argument(
-        "--threshold", type=positive_float, help="lesion threshold of that map (default: its label-free calibrated threshold)"
-    )
+    _add_operating_point(detect)
     detect.add_argument(
         "--adapt",
         action=argparse.BooleanOptionalAction,
@@ -245,6 +278,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "--adapt", action=argparse.BooleanOptionalAction, default=None, help="adapt to each scan (default: as the model card recommends)"
     )
     evaluate.add_argument("--no-scales", action="store_true", help="no per-level maps")
+    evaluate.add_argument(
+        "--operating-point", choices=OPERATING_POINT_NAMES, help="the preset that draws the mask being scored (default: the model card's)"
+    )
     evaluate.add_argument("--overwrite", action="store_true", help="replace existing result files")
     _add_device(evaluate)
 
@@ -397,6 +433,43 @@ def _adapt(args: argparse.Namespace) -> None:
     print(f"model written to {args.output}")
 
 
+def _calibrate(args: argparse.Namespace) -> None:
+    from .calibration import calibrate_card
+    from .checkpoint import load_model, save_model
+    from .datasets import find_cases, load_slice_stack
+    from .detection import Detector
+    from .devices import resolve_device
+    from .volume_io import check_output_folder, refuse_existing
+
+    if args.output.resolve() == args.model.resolve():
+        raise SSAEError("write the calibrated model to a new file; the model given is never changed")
+    refuse_existing([args.output], args.overwrite)
+    check_output_folder(args.output.parent, args.model.stat().st_size * 2)
+    device = resolve_device(args.device)
+    loaded = load_model(args.model, device)
+    card = loaded.card
+    cases = find_cases(args.data, args.brain_masks)
+    names = [c.name for c in cases]
+    validation = list(card.training.get("data", {}).get("val_subjects") or [])
+    if args.subjects:
+        subjects = [name.strip() for name in args.subjects.split(",") if name.strip()]
+        missing = [name for name in subjects if name not in names]
+        if missing:
+            raise SSAEError(f"--subjects names cases that {args.data} does not hold: {', '.join(missing)}")
+    else:
+        subjects = validation if validation and set(validation) <= set(names) else names
+    chosen = [c for c in cases if c.name in subjects]
+    stack = load_slice_stack(chosen, card.preprocessing, args.cache_dir, log=lambda m: print(m, file=sys.stderr))
+    adaptation = card.adaptation.settings if card.adaptation is not None else defaults.DEFAULT_ADAPTATION
+    enabled = card.adaptation.enabled if card.adaptation is not None else True
+    percentile = card.calibration.percentile or 99.9
+    detector = Detector(loaded.model, card, device)
+    calibrate_card(card, detector, stack, subjects, percentile, adaptation, enabled, log=lambda m: print(m, file=sys.stderr))
+    card.training = {**card.training, "calibration_data": {"dataset": _dataset_name(args.data), "subjects": subjects}}
+    save_model(loaded.model, card, args.output, overwrite=args.overwrite)
+    print(f"calibrated on {len(subjects)} healthy subject(s); model written to {args.output}")
+
+
 def _detect(args: argparse.Namespace) -> int:
     from .batch import detect_cohort, detect_one, is_cohort
     from .detection import cached_detector
@@ -414,6 +487,7 @@ def _detect(args: argparse.Namespace) -> int:
         "scales": not args.no_scales,
         "score_map": args.score_map,
         "threshold": args.threshold,
+        "operating_point": args.operating_point,
         "adaptation": adaptation,
         "fmt": args.format,
         "figure": args.figure,
@@ -437,7 +511,13 @@ def _detect(args: argparse.Namespace) -> int:
         _warn(warning)
     stats = outcome.result.statistics
     adapted = f", adapted in {outcome.result.adaptation.seconds:.1f} s" if outcome.result.adaptation else ""
-    print(f"{stats.count} lesion(s), {stats.total_ml:.2f} ml: {outcome.result.score_map} map above {outcome.result.threshold:.4g}{adapted}")
+    rule = outcome.result.rule
+    expected = rule.expected_false_positive_ml(outcome.result.brain_ml)
+    healthy = f"; a healthy brain of this size would show about {expected:.2g} ml" if expected is not None else ""
+    print(
+        f"{stats.count} lesion(s), {stats.total_ml:.2f} ml: {outcome.result.score_map} map above {rule.threshold:.4g} "
+        f"({rule.operating_point}{healthy}){adapted}"
+    )
     for name, path in outcome.paths.items():
         print(f"{name:>12s}: {path}")
     return 0
@@ -447,6 +527,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .datasets import find_cases
     from .detection import Detector
     from .evaluation import evaluate, report_paths, write_report
+    from .lesion_metrics import RULE
     from .volume_io import check_output_folder, refuse_existing
 
     refuse_existing(list(report_paths(args.output_dir).values()), args.overwrite)
@@ -456,7 +537,14 @@ def _evaluate(args: argparse.Namespace) -> None:
     adaptation = detector.default_adaptation() if args.adapt is not False else None
     if args.adapt and adaptation is None:
         adaptation = detector.card.adaptation.settings if detector.card.adaptation else defaults.DEFAULT_ADAPTATION
-    report = evaluate(detector, cases, adaptation=adaptation, scales=not args.no_scales, log=lambda m: print(m, file=sys.stderr))
+    report = evaluate(
+        detector,
+        cases,
+        adaptation=adaptation,
+        scales=not args.no_scales,
+        log=lambda m: print(m, file=sys.stderr),
+        operating_point=args.operating_point,
+    )
     for warning in report.warnings:
         _warn(warning)
     title = f"{detector.card.architecture.name} on {args.data.name} ({len(cases)} cases)"
@@ -464,7 +552,16 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"{'map':24s}{'AUPRC':>8s}{'[DICE]':>9s}{'Dice@t':>9s}")
     for name, values in report.pooled.items():
         print(f"{name:24s}{_fmt(values.get('auprc')):>8s}{_fmt(values.get('best_dice')):>9s}{_fmt(values.get('dice_at_threshold')):>9s}")
-    print("[DICE]: threshold chosen on the test labels (an upper bound); Dice@t: the model's label-free threshold")
+    print("[DICE]: threshold chosen on the test labels (an upper bound); Dice@t: the map's percentile threshold")
+    print(f"\nthe mask ({report.score_map} map, operating point {report.operating_point}) beside the label-free FLAIR rule, pooled:")
+    print(f"{'':24s}{'Dice':>7s}{'sens':>7s}{'prec':>7s}{'F1':>7s}{'FP/scan':>9s}{'ml':>9s}{'true ml':>9s}")
+    for name, counts in report.lesions.items():
+        d = counts.to_dict()
+        print(
+            f"{name:24s}{_fmt(d['dice']):>7s}{_fmt(d['lesion_sensitivity']):>7s}{_fmt(d['lesion_precision']):>7s}{_fmt(d['lesion_f1']):>7s}"
+            f"{_fmt(d['false_positive_lesions_per_case']):>9s}{d['mask_ml']:9.2f}{d['true_ml']:9.2f}"
+        )
+    print(f"lesions: {RULE}")
     for name, path in paths.items():
         print(f"{name:>10s}: {path}")
 
@@ -520,7 +617,8 @@ def _preprocess(args: argparse.Namespace) -> None:
 def _info(args: argparse.Namespace) -> None:
     import json
 
-    from .card_file import describe_card, verify_weights
+    from .card_file import verify_weights
+    from .card_text import describe_card
     from .checkpoint import read_model_card
 
     card = read_model_card(args.model)
@@ -537,6 +635,7 @@ def _demo(args: argparse.Namespace) -> None:
 COMMANDS = {
     "train": _train,
     "adapt": _adapt,
+    "calibrate": _calibrate,
     "detect": _detect,
     "evaluate": _evaluate,
     "preprocess": _preprocess,

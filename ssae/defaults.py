@@ -7,7 +7,10 @@ data sets, never on the cases a result is claimed for (``bench/quality.py``, rep
 
 from __future__ import annotations
 
+from typing import Any
+
 from .adaptation import AdaptationSettings
+from .operating_points import OperatingPoint
 
 VARIANTS = ("dense", "spatial", "vae")  # the bottlenecks a model can have (ssae.models)
 
@@ -34,3 +37,30 @@ DEFAULTS_EVIDENCE = {
     "criterion": "mean over data sets of min(AUPRC, [DICE]) relative to the raw FLAIR intensity baseline",
     "report": "report/quality.md",
 }
+
+# Operating points: healthy false-positive budgets that turn a map into a mask (ssae.operating_points),
+# chosen by bench/operating_point.py (report/operating_point.md).
+# balanced: at most 2 % of a healthy brain above the threshold, each lesion holding a voxel above the
+# 0.1 % level (hysteresis); sensitive: the same budget, every component kept; specific: half the budget.
+OPERATING_POINTS = {
+    "sensitive": OperatingPoint(healthy_fpr=0.02, seed_fpr=None, min_lesion_mm3=0.0),
+    "balanced": OperatingPoint(healthy_fpr=0.02, seed_fpr=0.001, min_lesion_mm3=0.0),
+    "specific": OperatingPoint(healthy_fpr=0.01, seed_fpr=0.001, min_lesion_mm3=0.0),
+}
+DEFAULT_OPERATING_POINT = "balanced"
+OPERATING_POINTS_EVIDENCE = (
+    "bench/operating_point.py: healthy budgets, hysteresis seeds, minimum sizes and scan-based rules (robust statistics, Otsu, "
+    "conformal Benjamini-Hochberg, a two-group mixture) scored on the mask (Dice beside the map's oracle, lesion-wise F1) on "
+    "MSLUB, BraTS and NiChart WMH; balanced = highest mean lesion F1 with Dice >= 0.85 x [DICE] on every set, chosen on all "
+    "three; each set's figure from the rule chosen on the other two (report/operating_point.md)"
+)
+
+
+def operating_points_section() -> dict[str, Any]:
+    """The model card's ``operating_points`` section for these defaults."""
+    return {"default": DEFAULT_OPERATING_POINT, "points": dict(OPERATING_POINTS), "chosen_by": OPERATING_POINTS_EVIDENCE}
+
+
+# The label-free FLAIR rule reported beside every mask (ssae.baselines.flair_rule_mask): z-score K
+# and minimum lesion size, chosen by the same study on all three development sets.
+FLAIR_RULE = {"k": 1.25, "min_lesion_mm3": 10.0}

@@ -12,15 +12,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
-from .baselines import intensity_score, strong_intensity_score
+from . import defaults
+from .baselines import flair_rule_mask, intensity_score, strong_intensity_score
 from .detection import Detector
 from .detection_files import detection_summary, estimated_bytes, output_paths, write_detection
 from .figures import detection_figure
 from .input_grid import to_input_grid_many
-from .metrics import average_precision, best_dice, overlap
+from .lesion_metrics import RULE, lesion_counts
+from .metrics import average_precision, best_dice
 from .preprocessing import resample_to_grid
 from .resources import default_model_path, sample_case_dir
 from .volume_io import check_output_folder, read_mask, read_volume, refuse_existing, write_json
@@ -53,7 +54,14 @@ def run_demo(output_dir: Path, device: str = "auto", overwrite: bool = False, lo
     truth = sitk.GetArrayFromImage(truth_image).astype(bool)
     counted = sitk.GetArrayFromImage(result.prepared.brain_mask).astype(bool) | truth
     labels = truth[counted]
-    at_threshold = overlap(sitk.GetArrayFromImage(result.mask).astype(bool) & counted, truth)
+    rule = defaults.FLAIR_RULE
+    masks = {
+        f"SSAE mask ({result.rule.operating_point})": sitk.GetArrayFromImage(result.mask).astype(bool),
+        f"FLAIR rule (z > {rule['k']:g})": sitk.GetArrayFromImage(
+            flair_rule_mask(image, result.prepared.brain_mask, rule["k"], rule["min_lesion_mm3"])
+        ).astype(bool),
+    }
+    lesions = {name: lesion_counts(mask, truth, image.GetSpacing()).to_dict() for name, mask in masks.items()}
     strong = to_input_grid_many(
         {"strong": strong_intensity_score(result.prepared, card.postprocessing.brain_erosion)},
         result.prepared.grid,
@@ -68,27 +76,39 @@ def run_demo(output_dir: Path, device: str = "auto", overwrite: bool = False, lo
         "strong FLAIR baseline": sitk.GetArrayFromImage(strong)[counted],
     }
     metrics = {name: {"auprc": average_precision(s, labels), "best_dice": best_dice(s, labels).dice} for name, s in scores.items()}
-    first = next(iter(metrics))
-    metrics[first]["dice_at_threshold"] = at_threshold.dice
     truth_grid = resample_to_grid(truth_image, result.prepared.grid, label=True, transform=result.prepared.transform)
     detection_figure(result, extra["figure"], f"{card.architecture.name} on MSLUB {case.name}", truth_grid, overwrite=overwrite)
     write_json(
-        {"metrics": metrics, "adaptation": summary["adaptation"], "score_map": result.score_map, "threshold": result.threshold},
+        {
+            "metrics": metrics,
+            "masks": lesions,
+            "lesion_rule": RULE,
+            "adaptation": summary["adaptation"],
+            "score_map": result.score_map,
+            "mask_rule": result.rule.to_dict(),
+        },
         extra["metrics"],
         overwrite,
     )
     elapsed = time.perf_counter() - started
 
     log("")
-    log(f"{'':40s}{'AUPRC':>8s}{'[DICE]':>9s}{'Dice@t':>9s}")
+    log(f"{'maps':40s}{'AUPRC':>8s}{'[DICE]':>9s}")
     for name, values in metrics.items():
-        at = values.get("dice_at_threshold")
-        log(f"{name:40s}{values['auprc']:8.3f}{values['best_dice']:9.3f}{'-' if at is None else format(at, '.3f'):>9s}")
-    log("[DICE] chooses its threshold on this case's labels (an upper bound); Dice@t uses the model's label-free threshold.")
-    lesion_ml = truth.sum() * np.prod(image.GetSpacing()) / 1000
-    log(f"lesions found: {result.statistics.count}, {result.statistics.total_ml:.1f} ml (consensus mask: {lesion_ml:.1f} ml)")
+        log(f"{name:40s}{values['auprc']:8.3f}{values['best_dice']:9.3f}")
+    log("[DICE] chooses its threshold on this case's labels (an upper bound nobody can use).")
+    log("")
+    log(f"{'masks (label-free)':40s}{'Dice':>7s}{'lesions found':>15s}{'precision':>11s}{'F1':>6s}{'ml':>7s}")
+    for name, d in lesions.items():
+        found = f"{d['found']}/{d['true_lesions']}"
+        log(f"{name:40s}{d['dice']:7.3f}{found:>15s}{_fmt(d['lesion_precision']):>11s}{_fmt(d['lesion_f1']):>6s}{d['mask_ml']:7.1f}")
+    log(f"consensus mask: {d['true_ml']:.1f} ml; {RULE}")
     log("")
     for name, path in {**paths, **extra}.items():
         log(f"{name:>12s}: {path}")
     log(f"done in {elapsed:.1f} s" + (f" (adaptation {result.adaptation.seconds:.1f} s)" if result.adaptation else ""))
-    return {"paths": paths, "metrics": metrics, "elapsed_s": elapsed}
+    return {"paths": paths, "metrics": metrics, "masks": lesions, "elapsed_s": elapsed}
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"

@@ -31,6 +31,7 @@ from .input_grid import to_input_grid_many
 from .lesions import LesionStatistics, LesionTable, label_lesions, lesion_mask, lesion_table
 from .maps import is_map_name, level_map
 from .models import ScaleSpaceAutoencoder
+from .operating_points import MaskRule
 from .postprocessing import score_maps
 from .preprocessing import PreparedVolume, prepare_volume
 from .pyramid import decompose, upsample
@@ -65,14 +66,23 @@ class DetectionResult:
     maps: dict[str, sitk.Image]  # aggregated, levelK, prior, fused, flair
     score_map: str  # the map that drew the mask
     mask: sitk.Image
-    threshold: float
-    threshold_method: str
+    rule: MaskRule  # the thresholds, minimum size and operating point that drew it
     lesions: LesionTable
     prepared: PreparedVolume
     residuals: SliceResiduals
     grid_scores: dict[str, np.ndarray]
     adaptation: AdaptationReport | None = None
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def threshold(self) -> float:
+        return self.rule.threshold
+
+    @property
+    def brain_ml(self) -> float:
+        """The brain mask's volume on the input grid (what a healthy-brain share is taken of)."""
+        mask = self.prepared.brain_mask
+        return float(sitk.GetArrayViewFromImage(mask).astype(bool).sum()) * float(np.prod(mask.GetSpacing())) / 1000.0
 
     @property
     def statistics(self) -> LesionStatistics:
@@ -186,13 +196,15 @@ class Detector:
         adaptation: AdaptationSettings | None = None,
         score_map: str | None = None,
         registration: RegistrationSettings | None = None,
+        operating_point: str | None = None,
     ) -> DetectionResult:
         """Score maps and the lesion mask, all on ``image``'s grid.
 
         ``adaptation`` fine-tunes a copy of the model on this scan first (pass
         :meth:`default_adaptation` for what the model card recommends). ``score_map`` chooses
-        the map that draws the mask (default: the card's); ``threshold`` overrides that map's
-        label-free threshold. ``alignment`` reuses an earlier atlas registration of this scan;
+        the map that draws the mask (default: the card's); ``operating_point`` the card's
+        preset that turns it into a mask (default: the card's), ``threshold`` a number in the
+        map's units instead (:meth:`ModelCard.mask_rule`). ``alignment`` reuses an earlier atlas registration of this scan;
         ``registration`` sets how much work N4 and the registration do (default: the current
         :class:`ssae.registration.RegistrationSettings`).
         """
@@ -200,6 +212,7 @@ class Detector:
         chosen_map = score_map or card.score_map
         if not is_map_name(chosen_map) or (chosen_map.startswith("level") and not scales):
             raise SSAEError(f"unknown score map {chosen_map!r} for this run")
+        rule = card.mask_rule(chosen_map, adaptation is not None, operating_point, threshold)  # refuses before any work
         timings: dict[str, float] = {}
         report = progress or (lambda fraction, message: None)
         adapt_share = 0.45 if adaptation is not None else 0.0
@@ -236,17 +249,15 @@ class Detector:
         timings["resample_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        chosen, method = self._threshold(chosen_map, adaptation, threshold)
-        labels = label_lesions(maps[chosen_map], chosen, card.postprocessing.min_lesion_mm3)
-        mask, lesions = lesion_mask(labels), lesion_table(labels)
+        labels = label_lesions(maps[chosen_map], rule.threshold, rule.min_lesion_mm3, rule.seed_threshold)
+        mask, lesions = lesion_mask(labels), lesion_table(labels, maps[chosen_map])
         timings["mask_s"] = time.perf_counter() - t0
         report(1.0, "done")
         return DetectionResult(
             maps=maps,
             score_map=chosen_map,
             mask=mask,
-            threshold=chosen,
-            threshold_method=method,
+            rule=rule,
             lesions=lesions,
             prepared=prepared,
             residuals=residuals,
@@ -254,22 +265,6 @@ class Detector:
             adaptation=adapted,
             timings=timings,
         )
-
-    def _threshold(self, map_name: str, adaptation: AdaptationSettings | None, given: float | None) -> tuple[float, str]:
-        """The threshold that draws the mask, and how it was chosen."""
-        if given is not None:
-            if not (np.isfinite(given) and given > 0):
-                raise SSAEError(f"the threshold must be a positive number, got {given}")
-            return float(given), "given by the user"
-        card = self.card
-        calibrated = card.threshold_for(map_name, adapted=adaptation is not None)
-        if calibrated is not None:
-            how = "on adapted healthy validation subjects" if adaptation is not None else ""
-            return calibrated, f"{card.calibration.method} {how}".strip()
-        fallback = card.threshold_for(map_name)
-        if fallback is None:
-            raise SSAEError(f"the model card has no threshold for the {map_name} map; pass --threshold")
-        return fallback, f"{card.calibration.method} (calibrated without adaptation: this model has no adapted thresholds)"
 
 
 _LOADED: dict[tuple[str, int, int, str, int | None], Detector] = {}

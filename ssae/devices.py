@@ -52,6 +52,13 @@ def inference_batch_size(device: torch.device, forward: Callable[[torch.Tensor],
     return int(max(1, min(GPU_MAX_BATCH_SIZE, GPU_MEMORY_SHARE * free // per_slice)))
 
 
+def available_device_description() -> str:
+    """Where ``auto`` runs the networks, for people (the Slicer panel shows it)."""
+    if torch.cuda.is_available():
+        return f"GPU available: {torch.cuda.get_device_name(0)} (PyTorch {torch.__version__})"
+    return f"No CUDA GPU found: the networks run on the CPU ({torch.get_num_threads()} threads, PyTorch {torch.__version__})."
+
+
 def describe_device(device: torch.device) -> str:
     """Human description, e.g. ``CPU (2 threads)`` or ``CUDA: NVIDIA H100 80GB HBM3``."""
     if device.type == "cuda":

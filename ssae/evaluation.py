@@ -7,8 +7,12 @@ we report
 
 * AUPRC pooled over the data set,
 * the oracle [DICE] (best threshold picked on the test labels: an upper bound),
-* Dice, precision and recall at the model's label-free threshold (pooled, and per case in the
-  CSV for the map that draws the mask).
+* Dice, precision and recall at each map's label-free threshold.
+
+And for the **mask** every user gets (the card's map at the chosen operating point), beside the
+label-free FLAIR rule (:func:`ssae.baselines.flair_rule_mask`), per case and pooled: Dice,
+lesion-wise sensitivity / precision / F1, false-positive lesions per scan, mask and true volume
+and their difference (:mod:`ssae.lesion_metrics`, whose ``RULE`` says how lesions are counted).
 
 A metric that is undefined (no lesion voxel in the whole set, say) is reported as null with a
 warning, never as NaN.
@@ -28,16 +32,20 @@ import numpy as np
 import SimpleITK as sitk
 
 from .adaptation import AdaptationSettings
-from .baselines import intensity_score, strong_intensity_score
+from . import defaults
+from .baselines import flair_rule_mask, intensity_score, strong_intensity_score
 from .datasets import Case, read_case_volumes
 from .detection import Detector
 from .input_grid import to_input_grid_many
+from .lesion_metrics import RULE, LesionCounts, lesion_counts
 from .metrics import average_precision, best_dice, overlap, precision_recall
 from .volume_io import atomic_path, refuse_existing, write_json, write_text
 
 RAW_FLAIR = "raw FLAIR baseline"
 STRONG_FLAIR = "strong FLAIR baseline"
 BASELINES = (RAW_FLAIR, STRONG_FLAIR)
+MASK = "mask"
+FLAIR_RULE = "FLAIR rule"
 
 
 def _defined(value: float) -> float | None:
@@ -52,23 +60,29 @@ class CaseResult:
     auprc: dict[str, float | None]
     at_threshold: dict[str, float | None]  # dice/precision/recall of the mask (score map at its threshold)
     predicted_ml: float
+    lesions: dict[str, dict[str, Any]] = field(default_factory=dict)  # "mask" / "FLAIR rule" -> lesion counts and scores
 
 
 @dataclass
 class EvaluationReport:
     score_map: str
     threshold: float | None
+    operating_point: str
     cases: list[CaseResult]
     pooled: dict[str, dict[str, float | None]]  # map name -> metrics
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # map -> (recall, precision)
     settings: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    lesions: dict[str, LesionCounts] = field(default_factory=dict)  # "mask" / "FLAIR rule", summed over cases
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "score_map": self.score_map,
             "threshold": self.threshold,
+            "operating_point": self.operating_point,
             "pooled": self.pooled,
+            "mask": {name: counts.to_dict() for name, counts in self.lesions.items()},
+            "lesion_rule": RULE,
             "cases": [case.__dict__ for case in self.cases],
             "settings": self.settings,
             "warnings": self.warnings,
@@ -98,18 +112,22 @@ def evaluate(
     adaptation: AdaptationSettings | None = None,
     scales: bool = True,
     log: Callable[[str], None] = print,
+    operating_point: str | None = None,
 ) -> EvaluationReport:
     """Detect on every labelled case and compute the metrics described in the module doc."""
     card = detector.card
     pool = _Pool()
     results = []
     threshold = None
+    operating = ""
+    rule = defaults.FLAIR_RULE
+    totals = {MASK: LesionCounts(), FLAIR_RULE: LesionCounts()}
     for index, case in enumerate(cases):
         log(f"evaluating {case.name} ({index + 1}/{len(cases)})")
         image, brain, label = read_case_volumes(case, need_label=True)
         assert label is not None
-        result = detector.detect(image, brain, scales=scales, adaptation=adaptation)
-        threshold = result.threshold
+        result = detector.detect(image, brain, scales=scales, adaptation=adaptation, operating_point=operating_point)
+        threshold, operating = result.threshold, result.rule.operating_point
         truth = sitk.GetArrayFromImage(label).astype(bool)
         counted = sitk.GetArrayFromImage(result.prepared.brain_mask).astype(bool) | truth
         maps = {name: sitk.GetArrayFromImage(score)[counted] for name, score in result.maps.items()}
@@ -123,6 +141,14 @@ def evaluate(
         pool.add(labels, maps)
         voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
         predicted = sitk.GetArrayFromImage(result.mask).astype(bool)
+        flair_mask = sitk.GetArrayFromImage(flair_rule_mask(image, result.prepared.brain_mask, rule["k"], rule["min_lesion_mm3"])).astype(
+            bool
+        )
+        counts = {
+            MASK: lesion_counts(predicted, truth, image.GetSpacing()),
+            FLAIR_RULE: lesion_counts(flair_mask, truth, image.GetSpacing()),
+        }
+        totals = {name: totals[name] + counts[name] for name in totals}
         results.append(
             CaseResult(
                 name=case.name,
@@ -131,6 +157,7 @@ def evaluate(
                 auprc={name: _defined(average_precision(values, labels)) if labels.any() else None for name, values in maps.items()},
                 at_threshold={k: _defined(v) for k, v in overlap(predicted & counted, truth).to_dict().items()},
                 predicted_ml=float(predicted.sum()) * voxel_ml,
+                lesions={name: c.to_dict() for name, c in counts.items()},
             )
         )
     warnings = []
@@ -162,6 +189,7 @@ def evaluate(
     return EvaluationReport(
         score_map=card.score_map,
         threshold=threshold,
+        operating_point=operating,
         cases=results,
         pooled=pooled,
         curves=curves,
@@ -171,8 +199,10 @@ def evaluate(
             "threshold_method": card.calibration.method + (" (adapted)" if adapted else ""),
             "postprocessing": card.postprocessing.to_dict(),
             "voxels": "brain mask plus labelled lesion voxels, on each input volume's grid",
+            "flair_rule": f"brain FLAIR z-score > {rule['k']:g}, lesions >= {rule['min_lesion_mm3']:g} mm3 ({defaults.OPERATING_POINTS_EVIDENCE})",
         },
         warnings=warnings,
+        lesions=totals,
     )
 
 
@@ -180,8 +210,18 @@ def cases_csv(report: EvaluationReport) -> str:
     buffer = io.StringIO()
     names = list(report.pooled)
     writer = csv.writer(buffer, lineterminator="\n")
+    lesion_fields = (
+        "true_lesions",
+        "found",
+        "mask_lesions",
+        "true_positive_lesions",
+        "lesion_sensitivity",
+        "lesion_precision",
+        "lesion_f1",
+    )
     writer.writerow(
         ["case", "lesion_voxels", "lesion_ml", "predicted_ml", "dice_at_threshold", "precision_at_threshold", "recall_at_threshold"]
+        + [f"{who} {f}" for who in (MASK, FLAIR_RULE) for f in ("dice", *lesion_fields)]
         + [f"auprc {n}" for n in names]
     )
     for case in report.cases:
@@ -196,9 +236,14 @@ def cases_csv(report: EvaluationReport) -> str:
                 _fmt(t["precision"]),
                 _fmt(t["recall"]),
             ]
+            + [_csv_value(case.lesions[who][f]) for who in (MASK, FLAIR_RULE) for f in ("dice", *lesion_fields)]
             + [_fmt(case.auprc.get(n)) for n in names]
         )
     return buffer.getvalue()
+
+
+def _csv_value(value: float | int | None) -> str:
+    return str(value) if isinstance(value, int) else _fmt(value)
 
 
 def _fmt(value: float | None) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .detection import DetectionResult
+from .preprocessing import resample_to_grid
 from .volume_io import atomic_path
 
 
@@ -39,7 +40,7 @@ def detection_figure(
 
     prepared, grid = result.prepared, result.grid_scores
     levels = sorted(int(name[5:]) for name in grid if name.startswith("level"))
-    mask_grid = grid[result.score_map] > result.threshold
+    mask_grid = resample_to_grid(result.mask, prepared.grid, label=True, transform=prepared.transform).astype(bool)
     columns = [
         ("input", prepared.slices, "gray", (0, 1)),
         ("reconstruction", np.clip(result.residuals.reconstruction, 0, 1), "gray", (0, 1)),
@@ -50,7 +51,7 @@ def detection_figure(
     if result.score_map != "aggregated":
         score_top = max(float(np.percentile(grid[result.score_map][prepared.brain], 99.9)), result.threshold * 1.5, 1e-6)
         columns.append((f"{result.score_map} score", grid[result.score_map], "inferno", (0, score_top)))
-    columns.append((f"mask ({result.score_map} > threshold)", mask_grid, "Reds", (0, 1)))
+    columns.append((f"mask ({result.rule.operating_point})", mask_grid, "Reds", (0, 1)))
     if truth is not None:
         columns.append(("ground truth", truth, "Greens", (0, 1)))
     picks = _interesting_slices(result, truth, rows)

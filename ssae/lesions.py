@@ -33,48 +33,73 @@ class LesionStatistics:
 
 @dataclass
 class LesionTable:
-    """One row per lesion, largest first: volume (ml), voxels, centroid in RAS (mm, Slicer's
-    world coordinates; ITK's LPS with the first two axes negated)."""
+    """One row per lesion, largest first: volume (ml), voxels, longest axis (mm), peak score,
+    centroid in RAS (mm, Slicer's world coordinates; ITK's LPS with the first two axes negated).
+
+    The longest axis is the longest side of the lesion's box along its principal axes (MS
+    criteria count lesions of at least 3 mm); the peak score is the map's highest value in it.
+    """
 
     statistics: LesionStatistics
     voxels: list[int]
+    longest_axis_mm: list[float]
+    peak_scores: list[float]
     centroids_ras: list[tuple[float, float, float]]
 
-    COLUMNS = ("lesion", "volume_ml", "voxels", "centroid_r_mm", "centroid_a_mm", "centroid_s_mm")
+    COLUMNS = ("lesion", "volume_ml", "voxels", "longest_axis_mm", "peak_score", "centroid_r_mm", "centroid_a_mm", "centroid_s_mm")
 
     def rows(self) -> list[tuple]:
         return [
-            (index + 1, ml, voxels, *centroid)
-            for index, (ml, voxels, centroid) in enumerate(zip(self.statistics.component_ml, self.voxels, self.centroids_ras))
+            (index + 1, ml, voxels, axis, peak, *centroid)
+            for index, (ml, voxels, axis, peak, centroid) in enumerate(
+                zip(self.statistics.component_ml, self.voxels, self.longest_axis_mm, self.peak_scores, self.centroids_ras)
+            )
         ]
 
     def to_csv(self) -> str:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(self.COLUMNS)
-        for lesion, ml, voxels, r, a, s in self.rows():
-            writer.writerow([lesion, f"{ml:.4f}", voxels, f"{r:.2f}", f"{a:.2f}", f"{s:.2f}"])
-        return buffer.getvalue()
+        return lesion_rows_csv(self.rows())
 
 
-def lesion_table(labels: sitk.Image) -> LesionTable:
-    """The lesions of a :func:`label_lesions` image as table rows."""
+def lesion_rows_csv(rows: list[tuple]) -> str:
+    """Lesion table rows (:meth:`LesionTable.rows`) as the CSV that ``ssae detect`` and Slicer write."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(LesionTable.COLUMNS)
+    for lesion, ml, voxels, axis, peak, r, a, s in rows:
+        writer.writerow([int(lesion), f"{ml:.4f}", int(voxels), f"{axis:.1f}", f"{peak:.4g}", f"{r:.2f}", f"{a:.2f}", f"{s:.2f}"])
+    return buffer.getvalue()
+
+
+def lesion_table(labels: sitk.Image, score: sitk.Image) -> LesionTable:
+    """The lesions of a :func:`label_lesions` image as table rows, with the peak of ``score``."""
     shape = sitk.LabelShapeStatisticsImageFilter()
+    shape.ComputeOrientedBoundingBoxOn()
     shape.Execute(labels)
-    voxels, centroids = [], []
+    peaks = sitk.LabelStatisticsImageFilter()
+    peaks.Execute(sitk.Cast(score, sitk.sitkFloat32), labels)
+    voxels, axes, peak, centroids = [], [], [], []
     for label in shape.GetLabels():
         voxels.append(int(shape.GetNumberOfPixels(label)))
+        axes.append(float(max(shape.GetOrientedBoundingBoxSize(label))))
+        peak.append(float(peaks.GetMaximum(label)))
         x, y, z = shape.GetCentroid(label)  # LPS mm
         centroids.append((-x, -y, z))
-    return LesionTable(statistics=lesion_statistics(labels), voxels=voxels, centroids_ras=centroids)
+    return LesionTable(statistics=lesion_statistics(labels), voxels=voxels, longest_axis_mm=axes, peak_scores=peak, centroids_ras=centroids)
 
 
-def label_lesions(score: sitk.Image, threshold: float, min_lesion_mm3: float) -> sitk.Image:
+def label_lesions(score: sitk.Image, threshold: float, min_lesion_mm3: float, seed_threshold: float | None = None) -> sitk.Image:
     """Connected lesions of ``score > threshold`` (26-connected), labelled 1..n largest first.
 
-    Components smaller than ``min_lesion_mm3`` are dropped.
+    Components smaller than ``min_lesion_mm3`` are dropped; with ``seed_threshold`` (hysteresis)
+    so are those without a voxel above it.
     """
     components = sitk.ConnectedComponent(sitk.Cast(score > threshold, sitk.sitkUInt8), True)
+    if seed_threshold is not None and seed_threshold > threshold:
+        seeded = sitk.LabelStatisticsImageFilter()
+        seeded.Execute(sitk.Cast(score, sitk.sitkFloat32), components)
+        unseeded = [label for label in seeded.GetLabels() if label and seeded.GetMaximum(label) <= seed_threshold]
+        if unseeded:
+            components = sitk.ChangeLabel(components, changeMap={label: 0 for label in unseeded})
     min_voxels = int(np.ceil(min_lesion_mm3 / voxel_volume_mm3(score))) if min_lesion_mm3 > 0 else 0
     labels = sitk.RelabelComponent(components, minimumObjectSize=min_voxels, sortByObjectSize=True)
     labels.CopyInformation(score)

@@ -36,8 +36,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from .adaptation import AdaptationSettings
-from .calibration import calibrate_thresholds, reconstruction_fidelity
-from .checkpoint import AdaptationDefaults, Calibration, ModelCard, current_versions, save_model
+from .calibration import calibrate_card, reconstruction_fidelity
+from .checkpoint import Calibration, ModelCard, current_versions, save_model
 from .datasets import Case, SliceStack, load_slice_stack
 from .defaults import DEFAULT_ADAPTATION, DEFAULT_SCORE_MAP, DEFAULTS_EVIDENCE
 from .detection import Detector
@@ -471,13 +471,9 @@ class Trainer:
         )
         if self.dist.main:
             detector = Detector(model, card, self.device)
-            self.progress.message("calibrating the thresholds on healthy validation subjects")
-            card.calibration, card.thresholds = calibrate_thresholds(detector, stack, self.val_subjects, cfg.threshold_percentile)
-            self.progress.message("calibrating the thresholds on adapted healthy validation subjects")
-            _, adapted = calibrate_thresholds(
-                detector, stack, self.val_subjects, cfg.threshold_percentile, cfg.adaptation, log=self.progress.message
+            calibrate_card(
+                card, detector, stack, self.val_subjects, cfg.threshold_percentile, cfg.adaptation, cfg.adapt_by_default, self.progress.message
             )
-            card.adaptation = AdaptationDefaults(settings=cfg.adaptation, enabled=cfg.adapt_by_default, thresholds=adapted)
             card.fidelity = {
                 "l1_per_level": reconstruction_fidelity(detector, stack, self.val_subjects),
                 "measured_on": f"brain pixels of {len(stack.rows_of(self.val_subjects))} validation slices",

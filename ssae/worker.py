@@ -14,8 +14,9 @@ Protocol (one JSON object per line):
 * requests on stdin: ``{"job": ID, "args": [...], "stop_file": PATH}`` runs a command;
   ``{"warm": {"model": PATH, "device": D}}`` loads a model (and the atlas) ahead of the first
   job; ``{"quit": true}`` or the end of stdin (the parent closed it or died) ends the worker;
-* on stdout, lines starting with :data:`WORKER_PREFIX` followed by JSON: ``{"event": "ready"}``
-  once the imports are done, ``{"event": "start", "job": ID}`` and ``{"event": "end", "job":
+* on stdout, lines starting with :data:`WORKER_PREFIX` followed by JSON: ``{"event": "ready",
+  "device": "..."}`` once the imports are done (where the networks will run, in words: the GUI
+  shows it without importing PyTorch itself), ``{"event": "start", "job": ID}`` and ``{"event": "end", "job":
   ID, "exit_code": N}`` around each job. Everything else on stdout and stderr between those two
   lines is the job's own output.
 
@@ -51,7 +52,6 @@ def announce(event: str, **fields: Any) -> None:
 def warm_up(model: str, device: str) -> None:
     """Load the model and, if it uses one, the atlas, so that the first job starts at once."""
     from .detection import cached_detector
-    from .errors import SSAEError
 
     try:
         detector = cached_detector(model, device)
@@ -59,7 +59,7 @@ def warm_up(model: str, device: str) -> None:
             from .registration import load_atlas
 
             load_atlas()
-    except SSAEError as exc:  # the job that uses this model will report it properly
+    except Exception as exc:  # noqa: BLE001 (any failure: the job that uses this model reports it properly)
         print(f"ssae worker: could not load {model} ahead of time: {exc}", file=sys.stderr)
 
 
@@ -87,8 +87,9 @@ def serve() -> int:
     """Read requests until ``quit`` or the end of stdin (see the module doc)."""
     interrupt_on_terminate()
     from . import detection  # noqa: F401 (PyTorch and the engine: the start-up cost, paid once here)
+    from .devices import available_device_description
 
-    announce("ready")
+    announce("ready", device=available_device_description())
     while True:
         try:
             line = sys.stdin.readline()

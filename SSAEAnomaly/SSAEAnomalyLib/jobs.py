@@ -39,6 +39,7 @@ class JobInputs:
     adapt: bool
     device: str
     score_map: str
+    operating_point: str = ""  # the preset that drew the mask ('' for a model without operating points)
 
 
 @dataclass

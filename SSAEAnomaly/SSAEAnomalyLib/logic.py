@@ -17,8 +17,6 @@ folder of scans run as one cohort job (:meth:`AnomalyLogic.start_batch_detection
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import shutil
@@ -31,10 +29,12 @@ import slicer
 import vtk
 
 from ssae.background import DetectionWorker, FollowedRun
-from ssae.card_file import adapted_thresholds, card_thresholds, describe_card, read_card
+from ssae.card_file import card_thresholds, read_card
+from ssae.card_text import describe_card
 from ssae.errors import SSAEError
-from ssae.lesions import LesionTable
+from ssae.lesions import LesionTable, lesion_rows_csv
 from ssae.maps import map_order, map_title
+from ssae.operating_points import HealthyTail, card_mask_rule, healthy_tail, mask_rule, operating_points_from_card
 from ssae.volume_io import atomic_path, check_volume, read_volume, write_text
 
 from .jobs import DetectionJob, JobInputs, ScanInput
@@ -62,10 +62,17 @@ def level_sizes(card: dict) -> dict[str, int]:
 
 
 class AnomalyLogic:
-    """Everything SSAEAnomaly does to a scene."""
+    """Everything SSAEAnomaly does to a scene.
 
-    def __init__(self, scene) -> None:
-        self.scene = scene
+    ``scene`` defaults to the application's scene. The constructor is cooperative (it calls
+    ``super().__init__()`` and takes no other argument), as Slicer's
+    ``ScriptedLoadableModuleLogic`` is: ``class SSAEAnomalyLogic(ScriptedLoadableModuleLogic,
+    AnomalyLogic)`` reaches this ``__init__`` through the base's ``super().__init__()`` call.
+    """
+
+    def __init__(self, scene=None) -> None:
+        super().__init__()
+        self.scene = scene if scene is not None else slicer.mrmlScene
         self._detectors: dict[tuple[str, str], object] = {}
         self._card_cache: dict[tuple[str, float], dict] = {}
         self.registration: dict | None = None  # quality report of the last atlas registration, if any
@@ -148,10 +155,19 @@ class AnomalyLogic:
             from ssae.defaults import DEFAULT_ADAPTATION
 
             adaptation = detector.card.adaptation.settings if detector.card.adaptation else DEFAULT_ADAPTATION
-        result = detector.detect(image, mask, scales=True, progress=progress, should_cancel=should_cancel, adaptation=adaptation)
+        operating_point = self._job_operating_point(card)
+        result = detector.detect(
+            image,
+            mask,
+            scales=True,
+            progress=progress,
+            should_cancel=should_cancel,
+            adaptation=adaptation,
+            operating_point=operating_point or None,
+        )
         alignment = result.prepared.alignment
         self.registration = alignment.quality.to_dict() if alignment else None
-        lesions = self.show_results(volume, result.maps, card, adapt, replace_previous)
+        lesions = self.show_results(volume, result.maps, card, adapt, replace_previous, None, result.brain_ml, operating_point)
         if alignment is not None:
             self._add_transform(volume, alignment.transform)
         return lesions
@@ -202,6 +218,8 @@ class AnomalyLogic:
         args += ["--progress-log", str(progress_log), "--adapt" if inputs.adapt else "--no-adapt"]
         if inputs.score_map:
             args += ["--score-map", inputs.score_map]
+        if inputs.operating_point:
+            args += ["--operating-point", inputs.operating_point]
         return args
 
     def start_detection(self, python: str | None = None, env: dict[str, str] | None = None) -> DetectionJob:
@@ -214,12 +232,21 @@ class AnomalyLogic:
             mask_path = workdir / "brain_mask.nrrd"
             sitk.WriteImage(mask, str(mask_path))
         scan = ScanInput("input", workdir / "input.nrrd", volume.GetID(), volume.GetName(), mask_path)
-        inputs = JobInputs((scan,), model_path, card, self._adapt(card), self.parameters.device, self._job_score_map(card))
+        inputs = JobInputs(
+            (scan,), model_path, card, self._adapt(card), self.parameters.device, self._job_score_map(card), self._job_operating_point(card)
+        )
         args = self._command_args(inputs, scan.image, workdir / "out", workdir / "progress.jsonl")
         if mask_path is not None:
             args += ["--brain-mask", str(mask_path)]
         command = self._submit(args, workdir, python, env)
         return DetectionJob(command=command, workdir=workdir, inputs=inputs, output=workdir / "out")
+
+    def _job_operating_point(self, card: dict) -> str:
+        """The preset that draws the mask of a new run: the panel's choice, else the card's
+        default ('' for a model without operating points: its percentile thresholds are used)."""
+        points, default = operating_points_from_card(card)
+        chosen = self.parameters.operating_point
+        return chosen if chosen in points else default
 
     def _job_score_map(self, card: dict) -> str:
         """The map that draws the mask for a new run: the panel's choice if this model has it."""
@@ -247,7 +274,16 @@ class AnomalyLogic:
             raise SSAEError("the detection process wrote no results")
         summary = _read_json(folder / f"{stem}_summary.json")
         self.registration = summary.get("registration")
-        lesions = self.show_results(volume, maps, inputs.card, inputs.adapt, replace_previous, summary.get("score_map"))
+        lesions = self.show_results(
+            volume,
+            maps,
+            inputs.card,
+            inputs.adapt,
+            replace_previous,
+            summary.get("score_map"),
+            summary.get("brain_ml"),
+            inputs.operating_point,
+        )
         transform = folder / f"{stem}_atlas_to_scan.tfm"
         if transform.exists():
             self._add_transform(volume, sitk.ReadTransform(str(transform)))
@@ -308,7 +344,15 @@ class AnomalyLogic:
                 shutil.rmtree(workdir, ignore_errors=True)
                 raise
             output, keep = workdir / "out", False
-        inputs = JobInputs(tuple(scans), model_path, card, self._adapt(card), self.parameters.device, self._job_score_map(card))
+        inputs = JobInputs(
+            tuple(scans),
+            model_path,
+            card,
+            self._adapt(card),
+            self.parameters.device,
+            self._job_score_map(card),
+            self._job_operating_point(card),
+        )
         command = self._submit(self._command_args(inputs, source, output, workdir / "progress.jsonl"), workdir, python, env)
         return DetectionJob(command=command, workdir=workdir, inputs=inputs, output=output, cohort=True, keep_output=keep)
 
@@ -364,17 +408,19 @@ class AnomalyLogic:
         adapted: bool,
         replace_previous: bool = False,
         score_map: str | None = None,
+        brain_ml: float | None = None,
+        operating_point: str = "",
     ) -> LesionTable:
         """Score volumes, lesion segmentation and table for ``maps`` (name -> image on the input grid).
 
-        ``card`` and ``adapted`` are those of the run that made the maps: they give the names
-        and the thresholds. All parameter writes are one batch: the panel refreshes once.
+        ``card``, ``adapted`` and ``operating_point`` are those of the run that made the maps:
+        they give the names, the thresholds (each map's at the operating point, or its
+        percentile threshold for an older card) and what a threshold means on a healthy brain
+        of ``brain_ml``. All parameter writes are one batch: the panel refreshes once.
         """
         params = self.parameters
         sizes = level_sizes(card)
-        thresholds = card_thresholds(card)
-        if adapted:
-            thresholds.update(adapted_thresholds(card))
+        rules = {name: card_mask_rule(card, name, adapted, operating_point or None) for name in maps}
         names = sorted(maps, key=map_order)
         chosen = score_map or card.get("score_map", "aggregated")
         chosen = chosen if chosen in maps else "aggregated"
@@ -387,20 +433,27 @@ class AnomalyLogic:
                 params.set_result_volume(name, None)
             params.segmentation, params.statistics_table = segmentation, table
             nodes, lesions = [segmentation, table], None
+            params.min_lesion_mm3 = rules[chosen].min_lesion_mm3
+            params.results_card = {"operating_points": card.get("operating_points") or {}, "postprocessing": card["postprocessing"]}
             for name in names:
-                threshold = thresholds.get(name, thresholds.get("aggregated", 0.0))
-                node = add_score_volume(self.scene, volume, maps[name], f"{volume.GetName()} anomaly {map_title(name, sizes)}", threshold)
-                node.SetAttribute("SSAE.calibratedThreshold", repr(threshold))
-                params.set_threshold_of(name, threshold)
+                rule = rules[name]
+                node = add_score_volume(
+                    self.scene, volume, maps[name], f"{volume.GetName()} anomaly {map_title(name, sizes)}", rule.threshold
+                )
+                node.SetAttribute("SSAE.calibratedThreshold", repr(rule.threshold))
+                tail = healthy_tail(card, name, adapted)
+                node.SetAttribute("SSAE.healthyTail", json.dumps(tail.to_dict()) if tail is not None else "")
+                node.SetAttribute("SSAE.brainMl", repr(float(brain_ml)) if brain_ml else "")
+                params.set_rule_of(name, rule.threshold, rule.seed_threshold, rule.operating_point)
                 params.set_result_volume(name, node)
                 nodes.append(node)
                 segment_id = ensure_segment(segmentation, name, segment_name(name, sizes))
-                found = update_segment(segmentation, segment_id, node, threshold, params.min_lesion_mm3)
+                found = update_segment(segmentation, segment_id, node, rule.threshold, params.min_lesion_mm3, rule.seed_threshold)
                 if name == chosen:
                     lesions = found
             params.score_map = chosen
             assert lesions is not None
-            fill_lesion_table(table, lesions)
+            fill_lesion_table(table, lesions, rules[chosen].operating_point)
             self._show_only_selected_segment()
             item = place_under_input_study(self.scene, volume, nodes, f"{volume.GetName()} SSAE results")
             params.node.SetParameter("resultsFolderItem", str(item))
@@ -444,7 +497,8 @@ class AnomalyLogic:
         return 0.0, max(top, 1.5 * calibrated, 1e-6)
 
     def apply_threshold(self, threshold: float | None = None, map_name: str | None = None) -> LesionTable:
-        """Recompute one map's segment and the lesion table from its stored score volume."""
+        """Recompute one map's segment and the lesion table from its stored score volume; a
+        ``threshold`` given here is the user's own (no hysteresis seeds, the current minimum size)."""
         params = self.parameters
         name = map_name or params.score_map
         node, segmentation, table = params.result_volume(name), params.segmentation, params.statistics_table
@@ -452,16 +506,55 @@ class AnomalyLogic:
             raise SSAEError("run the detection first")
         with params.batch():
             if threshold is not None:
-                params.set_threshold_of(name, threshold)
-            value = params.threshold_of(name) if params.has_threshold(name) else float(node.GetAttribute("SSAE.calibratedThreshold") or 0.0)
+                params.set_rule_of(name, threshold, None, "threshold")
+            if not params.has_threshold(name):
+                params.set_rule_of(name, float(node.GetAttribute("SSAE.calibratedThreshold") or 0.0), None, "threshold")
+            value, seed, rule = params.threshold_of(name), params.seed_of(name), params.rule_name_of(name)
             style_score_volume(node, value)
             lesions = update_segment(
-                segmentation, ensure_segment(segmentation, name, segment_name(name)), node, value, params.min_lesion_mm3
+                segmentation, ensure_segment(segmentation, name, segment_name(name)), node, value, params.min_lesion_mm3, seed
             )
             if name == params.score_map:
-                fill_lesion_table(table, lesions)
+                fill_lesion_table(table, lesions, rule)
                 self._show_only_selected_segment()
         return lesions
+
+    def apply_operating_point(self, operating_point: str) -> LesionTable:
+        """The current map's mask at one of the results' operating points (threshold, seeds and
+        minimum size of the preset, from the map's healthy tail)."""
+        params = self.parameters
+        name = params.score_map
+        node = params.result_volume(name)
+        if node is None:
+            raise SSAEError("run the detection first")
+        section = params.results_card
+        points, default = operating_points_from_card(section)
+        tail_text = node.GetAttribute("SSAE.healthyTail") or ""
+        tail = HealthyTail.from_dict(json.loads(tail_text)) if tail_text else None
+        calibrated = (float(node.GetAttribute("SSAE.calibratedThreshold") or 0.0), "as detected")
+        fallback = float(section.get("postprocessing", {}).get("min_lesion_mm3", params.min_lesion_mm3))
+        rule = mask_rule(points, default, tail, calibrated, fallback, False, operating_point if operating_point in points else None)
+        with params.batch():
+            params.min_lesion_mm3 = rule.min_lesion_mm3
+            params.set_rule_of(name, rule.threshold, rule.seed_threshold, rule.operating_point)
+            return self.apply_threshold(None, name)
+
+    def threshold_meaning(self, threshold: float | None = None, map_name: str | None = None) -> str:
+        """What a threshold of a map means without labels: the share of a healthy brain above it
+        and the volume a healthy brain of this scan's size would show ('' where unknown)."""
+        params = self.parameters
+        node = params.result_volume(map_name or params.score_map)
+        if node is None:
+            return ""
+        tail_text = node.GetAttribute("SSAE.healthyTail") or ""
+        if not tail_text:
+            return "This model has no healthy calibration tail for this map (recalibrate it with ssae calibrate)."
+        tail = HealthyTail.from_dict(json.loads(tail_text))
+        value = params.threshold_of(map_name or params.score_map) if threshold is None else threshold
+        fraction = tail.fraction_above(value)
+        brain_ml = float(node.GetAttribute("SSAE.brainMl") or 0.0)
+        volume = f"about {fraction * brain_ml:.1f} ml of a healthy brain this size, " if brain_ml else ""
+        return f"On healthy brains: {volume}{100 * fraction:.2g} % of its voxels would lie above this threshold."
 
     # export ---------------------------------------------------------------------------------------------
     def export_labelmap(self, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
@@ -511,14 +604,8 @@ def _read_json(path: Path) -> dict:
 
 
 def _table_csv(table) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["lesion", "volume_ml", "voxels", "centroid_r_mm", "centroid_a_mm", "centroid_s_mm"])
-    for row in range(table.GetNumberOfRows()):
-        values = [table.GetValue(row, column) for column in range(table.GetNumberOfColumns())]
-        lesion, ml, voxels, r, a, s = (v.ToDouble() for v in values)
-        writer.writerow([int(lesion), f"{ml:.4f}", int(voxels), f"{r:.2f}", f"{a:.2f}", f"{s:.2f}"])
-    return buffer.getvalue()
+    rows = [tuple(table.GetValue(r, c).ToDouble() for c in range(table.GetNumberOfColumns())) for r in range(table.GetNumberOfRows())]
+    return lesion_rows_csv(rows)
 
 
 def _string_array(values: list[str]):

@@ -13,27 +13,36 @@ panel) hear one ``Modified`` event per user action instead of one per value.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 
 import slicer
 
 from ssae.errors import SSAEError
 from ssae.maps import is_map_name, map_order
+from ssae.operating_points import OPERATING_POINT_NAMES
 
 MODULE_NAME = "SSAEAnomaly"
 RESULT_VOLUME_ROLE = "resultVolume"  # one reference per map: resultVolume/aggregated, resultVolume/level0, ...
 ADAPT_CHOICES = ("model", "on", "off")  # "model": as the model card recommends
+OPERATING_POINT_CHOICES = ("model", *OPERATING_POINT_NAMES)  # "model": the model card's default
 
 
 def module_parameter_node(scene, module_name: str):
-    """The scene's singleton parameter node of ``module_name`` (created on first use)."""
+    """The scene's singleton parameter node of ``module_name`` (created on first use).
+
+    Marked with the ``ModuleName`` attribute as Slicer's ``ScriptedLoadableModuleLogic`` marks
+    its parameter nodes; File > Close Scene keeps the singleton but clears its parameters,
+    references and attributes, so the attribute is restored here, as Slicer does.
+    """
     node = scene.GetSingletonNode(module_name, "vtkMRMLScriptedModuleNode")
     if node is None:
         node = slicer.vtkMRMLScriptedModuleNode()
         node.SetSingletonTag(module_name)
         node.SetName(f"{module_name}Parameters")
-        node.SetModuleName(module_name)
         node = scene.AddNode(node)
+    if node.GetAttribute("ModuleName") != module_name:
+        node.SetAttribute("ModuleName", module_name)
     return node
 
 
@@ -129,6 +138,41 @@ class AnomalyParameters:
 
     def set_threshold_of(self, map_name: str, value: float) -> None:
         self._set(f"threshold/{map_name}", repr(float(value)))
+
+    def seed_of(self, map_name: str) -> float | None:
+        """The hysteresis seed threshold of ``map_name``'s mask (None: every component counts)."""
+        value = self._get(f"seed/{map_name}")
+        return float(value) if value else None
+
+    def rule_name_of(self, map_name: str) -> str:
+        """Which operating point drew ``map_name``'s mask, or ``threshold`` for the user's own."""
+        return self._get(f"rule/{map_name}", "threshold")
+
+    def set_rule_of(self, map_name: str, threshold: float, seed: float | None, rule: str) -> None:
+        self.set_threshold_of(map_name, threshold)
+        self._set(f"seed/{map_name}", "" if seed is None else repr(float(seed)))
+        self._set(f"rule/{map_name}", rule)
+
+    @property
+    def operating_point(self) -> str:
+        """The preset a new run draws its mask with: ``model`` (the card's default) or a preset's name."""
+        return self._get("operatingPoint", "model")
+
+    @operating_point.setter
+    def operating_point(self, value: str) -> None:
+        if value not in OPERATING_POINT_CHOICES:
+            raise SSAEError(f"operating point must be one of {', '.join(OPERATING_POINT_CHOICES)}, got {value!r}")
+        self._set("operatingPoint", value)
+
+    @property
+    def results_card(self) -> dict:
+        """The parts of the results' model card that re-draw their masks (operating points, post-processing)."""
+        text = self._get("resultsCard")
+        return json.loads(text) if text else {}
+
+    @results_card.setter
+    def results_card(self, value: dict) -> None:
+        self._set("resultsCard", json.dumps(value, allow_nan=False))
 
     @property
     def min_lesion_mm3(self) -> float:

@@ -98,9 +98,13 @@ def ensure_segment(segmentation_node, map_name: str, title: str) -> str:
     return segment_id
 
 
-def update_segment(segmentation_node, segment_id: str, score_node, threshold: float, min_lesion_mm3: float) -> LesionTable:
-    """Set the segment to ``score > threshold`` (small components removed); return its lesions."""
-    labels = label_lesions(image_from_volume_node(score_node), threshold, min_lesion_mm3)
+def update_segment(
+    segmentation_node, segment_id: str, score_node, threshold: float, min_lesion_mm3: float, seed_threshold: float | None = None
+) -> LesionTable:
+    """Set the segment to ``score > threshold`` (small components, and with ``seed_threshold``
+    components without a voxel above it, removed); return its lesions."""
+    score = image_from_volume_node(score_node)
+    labels = label_lesions(score, threshold, min_lesion_mm3, seed_threshold)
     labelmap = slicer.vtkMRMLLabelMapVolumeNode()
     labelmap.CopyOrientation(score_node)
     update_volume_node_from_array(labelmap, (sitk.GetArrayViewFromImage(labels) > 0).astype(np.uint8))
@@ -108,14 +112,24 @@ def update_segment(segmentation_node, segment_id: str, score_node, threshold: fl
     slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
         oriented, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
     )
-    return lesion_table(labels)
+    return lesion_table(labels, score)
 
 
-def fill_lesion_table(table_node, lesions: LesionTable) -> None:
-    """One row per lesion, largest first: volume (ml), voxels, centroid R, A, S (mm)."""
+LESION_TABLE_COLUMNS = (
+    ("Lesion", vtk.vtkIntArray),
+    ("Volume (ml)", vtk.vtkDoubleArray),
+    ("Voxels", vtk.vtkIntArray),
+    ("Longest axis (mm)", vtk.vtkDoubleArray),
+    ("Peak score", vtk.vtkDoubleArray),
+    *((f"Centroid {axis} (mm)", vtk.vtkDoubleArray) for axis in "RAS"),
+)
+
+
+def fill_lesion_table(table_node, lesions: LesionTable, operating_point: str = "") -> None:
+    """One row per lesion, largest first (the columns of ``ssae detect``'s ``*_lesions.csv``),
+    and which operating point drew the mask."""
     table = vtk.vtkTable()
-    columns = [("Lesion", vtk.vtkIntArray), ("Volume (ml)", vtk.vtkDoubleArray), ("Voxels", vtk.vtkIntArray)]
-    columns += [(f"Centroid {axis} (mm)", vtk.vtkDoubleArray) for axis in "RAS"]
+    columns = LESION_TABLE_COLUMNS
     arrays = []
     for title, kind in columns:
         array = kind()
@@ -128,6 +142,7 @@ def fill_lesion_table(table_node, lesions: LesionTable) -> None:
     table_node.SetAndObserveTable(table)
     table_node.SetAttribute("SSAE.lesionCount", str(lesions.statistics.count))
     table_node.SetAttribute("SSAE.totalVolumeMl", repr(lesions.statistics.total_ml))
+    table_node.SetAttribute("SSAE.operatingPoint", operating_point)
 
 
 def add_atlas_transform(scene, transform: sitk.Transform, name: str):

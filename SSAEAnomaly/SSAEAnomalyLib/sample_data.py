@@ -1,7 +1,11 @@
 """The extension's sample scans, registered with Slicer's Sample Data module.
 
 They ship inside the extension (``Resources/SampleData``), so the "download" is a copy from a
-``file://`` address, verified by its SHA-256 like any sample; nothing comes from the network.
+``file://`` address (Slicer's downloader uses ``urlretrieve``, which copies ``file:`` URLs),
+verified by its SHA-256 like any sample; nothing comes from the network. The keyword arguments
+are exactly those of ``SampleDataLogic.registerCustomSampleDataSource`` in Slicer 5.10-5.12
+(no ``sampleDescription``; ``loadFileTypes``, not the deprecated ``loadFileType``): the button
+shows the sample's name.
 """
 
 from __future__ import annotations
@@ -13,10 +17,9 @@ from typing import Any
 CATEGORY = "SSAE (brain FLAIR anomalies)"
 THUMBNAILS = Path(__file__).resolve().parent.parent / "Resources" / "Icons"
 SAMPLES = (
-    # sample name, description, files (relative to Resources/SampleData), node names, file types, thumbnail
+    # sample name, files (relative to Resources/SampleData), node names, file types, thumbnail
     (
         "SSAE MSLUB patient 19",
-        "MS FLAIR + consensus lesions\n(MSLUB patient 19)",
         ("MSLUB/patient19/flair.nii.gz", "MSLUB/patient19/consensus_gt.nii.gz"),
         ("MSLUB patient19 FLAIR", "MSLUB patient19 consensus lesions"),
         ("VolumeFile", "SegmentationFile"),
@@ -24,7 +27,6 @@ SAMPLES = (
     ),
     (
         "SSAE MSLUB patient 7",
-        "MS FLAIR + consensus lesions\n(MSLUB patient 7)",
         ("MSLUB/patient07/flair.nii.gz", "MSLUB/patient07/consensus_gt.nii.gz"),
         ("MSLUB patient07 FLAIR", "MSLUB patient07 consensus lesions"),
         ("VolumeFile", "SegmentationFile"),
@@ -32,7 +34,6 @@ SAMPLES = (
     ),
     (
         "SSAE raw clinical FLAIR",
-        "Raw clinical FLAIR\n(skull, oblique, 4 mm slices)",
         ("ClinicalRaw/patient01_study1_FLAIR.nii.gz",),
         ("clinical patient01 FLAIR",),
         ("VolumeFile",),
@@ -52,7 +53,7 @@ def sample_data_sources(resources: Path | None = None) -> list[dict[str, Any]]:
 
     folder = (resources or resources_dir()) / "SampleData"
     sources = []
-    for name, description, files, nodes, types, thumbnail in SAMPLES:
+    for name, files, nodes, types, thumbnail in SAMPLES:
         paths = [folder / f for f in files]
         if not all(p.is_file() for p in paths):
             continue
@@ -60,11 +61,10 @@ def sample_data_sources(resources: Path | None = None) -> list[dict[str, Any]]:
             {
                 "category": CATEGORY,
                 "sampleName": name,
-                "sampleDescription": description,
                 "uris": [p.resolve().as_uri() for p in paths],
                 "fileNames": [f"SSAE_{p.parent.name}_{p.name}" for p in paths],
                 "nodeNames": list(nodes),
-                "loadFileType": list(types),
+                "loadFileTypes": list(types),
                 "checksums": [f"SHA256:{_sha256(p)}" for p in paths],
                 "thumbnailFileName": str(THUMBNAILS / thumbnail),
             }

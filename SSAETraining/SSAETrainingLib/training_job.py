@@ -193,3 +193,14 @@ def start_training(request: TrainingRequest, python: str | None = None) -> Train
     command = BackgroundCommand(request.arguments(progress_log), python=python, progress_log=progress_log)
     command.start()
     return TrainingJob(command=command, progress=TrainingProgress(), progress_log=progress_log)
+
+
+class _Running:
+    """The training run this Slicer session started. It lives in the Lib package, which a
+    developer's Reload of the module does not import again, so the reloaded panel follows the
+    run instead of losing it (or cancelling it)."""
+
+    job: TrainingJob | None = None
+
+
+RUNNING = _Running()

@@ -1,4 +1,8 @@
-"""Render a Slicer slice view to PNG without a screen, the way Slicer draws it.
+"""Headless Slicer for tests and benchmarks: a bare scene with Slicer's logic, and slice views
+rendered to PNG without a screen, the way Slicer draws them.
+
+Never imported inside the Slicer application (it switches VTK to EGL rendering on import); that
+is why it lives in Testing/ and not in a module's Lib.
 
 Uses Slicer's own slice logic (background/foreground blending, colour maps, thresholds) and
 its segmentation displayable manager (segment fill and outline), on an offscreen EGL render
