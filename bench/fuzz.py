@@ -418,6 +418,173 @@ def case_evaluate_without_lesions() -> None:
     assert "warning" in outcome.err, "no warning for undefined metrics"
 
 
+# -- round 2: the worker, cohorts, adapt, evaluate and odd geometry ------------------------------------
+
+
+def _cohort(name: str, patients: tuple[str, ...] = ("patient07", "patient19")) -> Path:
+    folder = WORK / name
+    for patient in patients:
+        shutil.copytree(TRAIN_FOLDER / patient, folder / patient)
+    return folder
+
+
+def case_manifest_escaping_output() -> None:
+    manifest = WORK / "scans.csv"
+    manifest.write_text(f"case,image\n../escaped,{FLAIR}\n", encoding="utf-8")
+    outcome = run(["detect", MODEL, manifest, "-o", WORK / "out", *FAST])
+    assert outcome.code == 0, outcome.err[-300:]
+    assert not (WORK / "escaped").exists(), "a result was written outside -o"
+    assert [p.name for p in (WORK / "out").iterdir() if p.is_dir()] == ["escaped"]
+
+
+def case_manifest_encodings() -> None:
+    for encoding in ("utf-8-sig", "cp1252", "utf-16"):
+        manifest = WORK / f"{encoding}.csv"
+        manifest.write_bytes(f"case,image\npatiënt,{FLAIR}\n".encode(encoding))
+        outcome = run(["detect", MODEL, manifest, "-o", WORK / encoding, *FAST])
+        assert outcome.code == 0 and "Traceback" not in outcome.err, f"{encoding}: {outcome.err[-300:]}"
+
+
+def case_manifest_empty_cell() -> None:
+    manifest = WORK / "scans.csv"
+    manifest.write_text(f"case,image\na,{FLAIR}\nb,\n", encoding="utf-8")
+    expect_error(run(["detect", MODEL, manifest, "-o", WORK / "out", *FAST]), "image cell is empty", 30)
+
+
+def case_output_is_the_input_folder() -> None:
+    scans = _cohort("scans")
+    expect_error(run(["detect", MODEL, scans, "-o", scans, *FAST]), "holds the input", 30)
+    expect_error(run(["preprocess", scans, "-o", scans]), "holds the input", 30)
+    assert sorted(p.name for p in scans.iterdir()) == ["patient07", "patient19"]
+
+
+def case_old_results_inside_the_scans_folder() -> None:
+    scans = _cohort("scans", ("patient19",))
+    first = run(["detect", MODEL, scans, "-o", scans / "results", *FAST])
+    assert first.code == 0, first.err[-300:]
+    again = run(["detect", MODEL, scans, "-o", WORK / "again", *FAST])
+    assert again.code == 0, again.err[-300:]
+    assert [p.name for p in (WORK / "again").iterdir() if p.is_dir()] == ["patient19"], "an old result folder was taken for a patient"
+
+
+def case_sub1_and_sub10() -> None:
+    flat = WORK / "flat"
+    flat.mkdir()
+    for name in ("sub1", "sub10"):
+        shutil.copy(FLAIR, flat / f"{name}_flair.nii.gz")
+        shutil.copy(SAMPLE / "consensus_gt.nii.gz", flat / f"{name}_seg.nii.gz")
+    outcome = run(["evaluate", MODEL, flat, "-o", WORK / "ev", *FAST])
+    assert outcome.code == 0, outcome.err[-300:]
+
+
+def case_dicom_without_extension() -> None:
+    image = sitk.Cast(sitk.RescaleIntensity(sitk.ReadImage(str(FLAIR)), 0, 1000), sitk.sitkInt16)
+    series = WORK / "series"
+    series.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.SetImageIO("GDCMImageIO")
+    writer.KeepOriginalImageUIDOn()
+    for z in range(image.GetDepth()):
+        one = image[:, :, z]
+        one.SetMetaData("0020|0013", str(z + 1))
+        one.SetMetaData("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z)))))
+        one.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.7")
+        writer.SetFileName(str(series / f"IM{z:04d}"))
+        writer.Execute(one)
+    detect = run(["detect", MODEL, series, "-o", WORK / "out", *FAST])
+    assert detect.code == 0, detect.err[-300:]
+    prep = run(["preprocess", series, "-o", WORK / "pre", "--no-bias-correction"])
+    assert prep.code == 0, prep.err[-300:]
+
+
+def case_piped_into_head() -> None:
+    scans = _cohort("scans")
+    command = " ".join(f"'{c}'" for c in [*SSAE, "detect", MODEL, scans, "-o", WORK / "out", *FAST])
+    subprocess.run(command + " | head -n 1", shell=True, capture_output=True, text=True, timeout=600, cwd=WORK)
+    assert (WORK / "out" / "cohort.csv").is_file(), "the cohort stopped when its reader went away"
+    rows = (WORK / "out" / "cohort.csv").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 3 and all(",ok," in row for row in rows[1:]), rows
+
+
+def case_interrupted_cohort_resumes() -> None:
+    scans = _cohort("scans")
+    out = WORK / "out"
+    assert run(["detect", MODEL, scans, "-o", out, *FAST]).code == 0
+    (out / "cohort.csv").unlink()
+    shutil.rmtree(out / "patient19")
+    finished = (out / "patient07" / "flair_summary.json").stat().st_mtime_ns
+    again = run(["detect", MODEL, scans, "-o", out, *FAST, "--resume"])
+    assert again.code == 0, again.err[-300:]
+    assert (out / "patient07" / "flair_summary.json").stat().st_mtime_ns == finished, "a finished scan was detected again"
+    rows = (out / "cohort.csv").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 3 and all(",ok," in row for row in rows[1:]), rows
+
+
+def case_unwritable_cache() -> None:
+    blocked = WORK / "cache"
+    blocked.write_text("not a folder", encoding="utf-8")
+    expect_error(run(["adapt", MODEL, TRAIN_FOLDER, "-o", WORK / "a.safetensors", "--cache-dir", blocked]), "is a file", 30)
+    expect_error(run(["adapt", MODEL, TRAIN_FOLDER, "-o", WORK / "a.safetensors"], env={**os.environ, "SSAE_CACHE_DIR": str(blocked)}), "is a file", 30)
+
+
+def case_label_on_wrong_grid_second_case() -> None:
+    scans = _cohort("scans")
+    label = scans / "patient19" / "consensus_gt.nii.gz"
+    image = sitk.ReadImage(str(label))
+    image.SetOrigin([v + 10 for v in image.GetOrigin()])
+    sitk.WriteImage(image, str(label))
+    expect_error(run(["evaluate", MODEL, scans, "-o", WORK / "ev", *FAST]), "geometry", 30)
+
+
+def case_flair_as_label() -> None:
+    scans = _cohort("scans", ("patient19",))
+    shutil.copy(scans / "patient19" / "flair.nii.gz", scans / "patient19" / "consensus_gt.nii.gz")
+    expect_error(run(["evaluate", MODEL, scans, "-o", WORK / "ev", *FAST]), "not a mask", 30)
+
+
+def case_sheared_direction() -> None:
+    image = sitk.ReadImage(str(FLAIR))
+    image.SetDirection((1, 0.1, 0, 0, 1, 0, 0, 0, 1))
+    sitk.WriteImage(image, str(WORK / "sheared.nrrd"))
+    expect_error(run(["detect", MODEL, WORK / "sheared.nrrd", "-o", WORK / "out", *FAST]), "not a rotation", 30)
+
+
+def case_slab() -> None:
+    image = sitk.ReadImage(str(FLAIR))
+    sitk.WriteImage(image[:, :, 80:100], str(WORK / "slab.nii.gz"))
+    outcome = run(["detect", MODEL, WORK / "slab.nii.gz", "-o", WORK / "out", *FAST])
+    assert outcome.code == 0, outcome.err[-300:]
+    assert "field of view" in outcome.err, "a 20 mm slab passed the registration check without a word"
+
+
+def case_uncompressed_named_gz() -> None:
+    plain = WORK / "plain.nii"
+    sitk.WriteImage(sitk.ReadImage(str(FLAIR)), str(plain), False)
+    plain.rename(WORK / "misnamed.nii.gz")
+    outcome = run(["detect", MODEL, WORK / "misnamed.nii.gz", "-o", WORK / "out", *FAST])
+    assert outcome.code == 0, outcome.err[-300:]
+
+
+def case_progress_log_unusable() -> None:
+    expect_error(run(["detect", MODEL, FLAIR, "-o", WORK / "o", "--progress-log", WORK / "missing" / "p.jsonl"]), "progress-log", 30)
+    expect_error(run(["detect", MODEL, FLAIR, "-o", WORK / "o", "--progress-log", WORK]), "progress-log", 30)
+
+
+def case_info_on_a_device() -> None:
+    expect_error(run(["info", "/dev/zero"]), "not a regular file", 30)
+
+
+def case_worker_without_stdin() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.stdin.close(); sys.stdin = None; from ssae.worker import serve; sys.exit(serve())"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=WORK,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-300:]
+
+
 CASES: dict[str, Callable[[], None]] = {
     "missing image": case_missing_image,
     "missing model": case_missing_model,
@@ -470,6 +637,24 @@ CASES: dict[str, Callable[[], None]] = {
     "two detections into one folder at once": case_concurrent_writers,
     "train: one truncated scan among good ones": case_train_truncated_scan,
     "evaluate: labels without lesions": case_evaluate_without_lesions,
+    "manifest case '../escaped' stays inside -o": case_manifest_escaping_output,
+    "manifest in UTF-8 with BOM, Windows-1252, UTF-16": case_manifest_encodings,
+    "manifest row with an empty image cell": case_manifest_empty_cell,
+    "-o is the scans folder (detect, preprocess)": case_output_is_the_input_folder,
+    "old results inside the scans folder": case_old_results_inside_the_scans_folder,
+    "sub1 and sub10 in one flat folder": case_sub1_and_sub10,
+    "DICOM series without .dcm (detect, preprocess)": case_dicom_without_extension,
+    "cohort piped into head": case_piped_into_head,
+    "interrupted cohort resumes": case_interrupted_cohort_resumes,
+    "unwritable cache folder (flag, SSAE_CACHE_DIR)": case_unwritable_cache,
+    "evaluate: label on a wrong grid in the second case": case_label_on_wrong_grid_second_case,
+    "evaluate: the FLAIR given as the label": case_flair_as_label,
+    "sheared direction matrix": case_sheared_direction,
+    "20 mm slab": case_slab,
+    "uncompressed NIfTI named .nii.gz": case_uncompressed_named_gz,
+    "--progress-log in a missing folder / a folder": case_progress_log_unusable,
+    "info on /dev/zero": case_info_on_a_device,
+    "worker with stdin closed": case_worker_without_stdin,
 }
 
 WORK = Path()

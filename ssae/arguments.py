@@ -81,3 +81,15 @@ def clip_value(text: str) -> float | None:
     if value < 1.0:
         raise argparse.ArgumentTypeError(f"{text} must be at least 1 (the 98th percentile maps to 1), or 'none'")
     return value
+
+
+def progress_log_path(text: str):
+    """A JSON-lines file to append to: its folder must exist, and it must not be a folder itself."""
+    from pathlib import Path
+
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file to append progress events to")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"the folder of {text} does not exist")
+    return path

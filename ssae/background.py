@@ -309,36 +309,49 @@ class DetectionWorker:
         self.starts += 1
         threading.Thread(target=self._read, args=(process,), name="ssae-worker-reader", daemon=True).start()
 
-    def warm(self, model: str, device: str = "auto") -> None:
+    def warm(self, model: str | os.PathLike[str], device: str = "auto") -> None:
         """Start the worker if needed and have it load ``model`` (and the atlas) before any job."""
+        if self.process is not None and (self.process.stdin is None or self.process.stdin.closed):
+            self.process = None
         self.start()
-        self._send({"warm": {"model": str(model), "device": device}})
+        self._send({"warm": {"model": os.fspath(model), "device": device}})
 
-    def submit(self, args: list[str], progress_log: Path | None = None) -> WorkerJob:
-        """Run ``ssae ARGS`` in the worker; refuses while another job runs."""
+    def submit(self, args: list[str | os.PathLike[str]], progress_log: Path | None = None) -> WorkerJob:
+        """Run ``ssae ARGS`` in the worker; refuses while another job runs. A worker that was
+        closed (or died) is replaced by a fresh one; a job that cannot be sent is never left
+        standing as "busy"."""
         from .errors import SSAEError
 
         if self.busy:
             raise SSAEError("the detection worker is busy; wait for the running job or cancel it")
+        if not all(isinstance(arg, (str, os.PathLike)) for arg in args):  # refused here, before any state changes
+            raise SSAEError(f"worker job arguments must be text or paths, got {args!r}")
+        arguments = [os.fspath(arg) for arg in args]
+        if self.process is not None and (self.process.stdin is None or self.process.stdin.closed):
+            self.process = None  # closed by close(): the next job gets a fresh worker
         self.start()
         with self._lock:
             self._jobs += 1
-            job = WorkerJob(self, self._jobs, list(args), progress_log, self.grace_s)
+            job = WorkerJob(self, self._jobs, arguments, progress_log, self.grace_s)
             self.current = job
-        self._send({"job": job.id, "args": job.command[1:], "stop_file": str(job.stop_file)})
+        if not self._send({"job": job.id, "args": arguments, "stop_file": str(job.stop_file)}):
+            job.finish(1, "ssae: the detection worker could not take the job (it ended); try again")
         return job
 
     def new_lines(self) -> list[str]:
         """Output the worker wrote outside any job (e.g. while warming up)."""
         return _drain(self._idle_lines)
 
-    def _send(self, request: dict[str, Any]) -> None:
+    def _send(self, request: dict[str, Any]) -> bool:
+        """Write one request; False if the worker can no longer take it (its reader ends a
+        running job with the worker's exit code)."""
         assert self.process is not None and self.process.stdin is not None
         try:
             self.process.stdin.write(json.dumps(request) + "\n")
             self.process.stdin.flush()
-        except OSError:  # the worker died: its reader ends the job with the exit code
-            pass
+        except (OSError, ValueError):  # died (broken pipe) or closed (ValueError: I/O on a closed file)
+            return False
+        return True
 
     def _read(self, process: subprocess.Popen[str]) -> None:
         """Route the worker's output to the job it belongs to; end the job when the worker says

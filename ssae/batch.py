@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .adaptation import AdaptationSettings
-from .datasets import Case, find_cases, is_dicom_folder
+from .datasets import Case, check_output_apart, find_cases, is_dicom_folder
 from .detection import DetectionResult, Detector
 from .detection_files import detection_summary, estimated_bytes, output_paths, write_detection
 from .errors import SSAEError
@@ -139,14 +140,20 @@ def detect_cohort(
     *,
     progress_log: Path | None = None,
     log: Callable[[str], None] = print,
+    resume: bool = False,
     **options: Any,
 ) -> CohortSummary:
     """Detect in every scan of a folder or CSV manifest: ``output_dir/<case>/`` per scan and
-    ``output_dir/cohort.csv`` with one row per scan (lesions, volume, threshold, checks, error)."""
+    ``output_dir/cohort.csv`` with one row per scan (lesions, volume, threshold, checks, error).
+
+    ``resume`` (an interrupted run): a scan whose complete result set is already in its folder
+    is not detected again, its row comes from its summary. Without it (or ``overwrite``) such a
+    scan is an error row that says so; the output folder must not be or hold an input."""
     cases = find_cases(source, masks_folder)
+    check_output_apart(output_dir, cases)
     table = output_dir / COHORT_TABLE
     overwrite = bool(options.get("overwrite"))
-    refuse_existing([table], overwrite)
+    refuse_existing([table], overwrite or resume)
     check_output_folder(output_dir)
     progress = ProgressLog(progress_log) if progress_log else None
     rows = []
@@ -159,10 +166,19 @@ def detect_cohort(
                     overall = (index + fraction) / len(cases)
                     progress.event("progress", fraction=round(overall, 4), message=f"{name} ({index + 1}/{len(cases)}): {message}")
 
-            rows.append(_cohort_row(detector, case, output_dir / case.name, report, options))
+            folder = output_dir / case.name
+            finished = None if overwrite else finished_row(case, folder)
+            if finished is not None and resume:
+                log(f"  already done: {folder}")
+                rows.append(finished)
+                continue
+            if finished is not None:
+                rows.append({**finished, "status": "error", "error": f"{folder} already holds results: pass --resume to keep them, --overwrite to redo them"})
+            else:
+                rows.append(_cohort_row(detector, case, folder, report, options))
             if rows[-1]["status"] != "ok":
                 log(f"  failed: {rows[-1]['error']}")
-        write_text(cohort_csv(rows), table, overwrite)
+        write_text(cohort_csv(rows), table, overwrite or resume)
         if progress is not None:
             progress.event("done", files={"cohort": str(table)})
     finally:
@@ -193,6 +209,36 @@ def _cohort_row(detector: Detector, case: Case, folder: Path, report, options: d
         "registration_check": "" if alignment is None else ("passed" if alignment.quality.passed else "warning"),
         "warnings": "; ".join(outcome.warnings),
         "seconds": f"{time.perf_counter() - started:.1f}",
+    }
+
+
+def finished_row(case: Case, folder: Path) -> dict[str, Any] | None:
+    """The cohort row of a scan whose result set is complete in ``folder`` (its summary names
+    every file and every file is there), else None."""
+    summary_path = folder / f"{volume_stem(case.image)}_summary.json"
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        files = [Path(p) for name, p in summary["files"].items() if name != "score"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not files or not all(p.is_file() and p.stat().st_size > 0 for p in files):
+        return None
+    registration = summary.get("registration")
+    return {
+        "case": case.name,
+        "image": str(case.image),
+        "results": str(folder),
+        "status": "ok",
+        "error": "",
+        "lesion_count": summary.get("lesion_count", ""),
+        "total_volume_ml": f"{summary.get('total_volume_ml', 0.0):.3f}",
+        "score_map": summary.get("score_map", ""),
+        "operating_point": (summary.get("mask_rule") or {}).get("operating_point", ""),
+        "threshold": f"{summary.get('threshold', 0.0):.6g}",
+        "adapted": "yes" if summary.get("adaptation") else "no",
+        "registration_check": "" if not registration else ("passed" if registration.get("passed") else "warning"),
+        "warnings": "; ".join(summary.get("warnings") or []),
+        "seconds": "",
     }
 
 

@@ -106,8 +106,10 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         raise SSAEError(f"{path} is a folder; give the model file (.safetensors)")
-    if not path.is_file():
+    if not path.exists():
         raise SSAEError(f"model file not found: {path}")
+    if not path.is_file():
+        raise SSAEError(f"{path} is not a regular file (a device, pipe or socket); give the model file (.safetensors)")
     metadata = read_metadata(path)
     if CARD_KEY not in metadata:
         raise SSAEError(f"{path.name} is a safetensors file but not an SSAE model (it has no SSAE model card)")

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 
 from . import __version__
 from .adaptation import AdaptationSettings
-from .card_file import CARD_KEY, CHECKSUM_KEY, FORMAT, FORMAT_VERSION, card_checksum, read_card
+from .card_file import CARD_KEY, CHECKSUM_KEY, FORMAT, FORMAT_VERSION, card_checksum, read_card, read_header
 from .errors import SSAEError
 from .maps import is_map_name
 from .models import Architecture, ScaleSpaceAutoencoder, build_model, count_parameters
@@ -293,6 +293,18 @@ def read_model_card(path: str | os.PathLike[str]) -> dict[str, Any]:
     card = read_card(path)
     ModelCard.from_dict(card)  # every value checked, or an SSAEError that says which
     return card
+
+
+def check_weights_fit_card(path: str | os.PathLike[str], card: dict[str, Any]) -> None:
+    """Refuse a file whose tensors (names and shapes, from its header) are not those of the
+    architecture its card describes, as loading would (``ssae info`` checks it without loading)."""
+    path = Path(path)
+    header, _ = read_header(path)
+    stored = {name: tuple(entry["shape"]) for name, entry in header.items() if name != "__metadata__"}
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in build_model(Architecture.from_dict(card["architecture"])).state_dict().items()}
+    if stored != expected:
+        raise SSAEError(f"{path.name}: the weights do not fit the architecture its model card describes")
 
 
 def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> LoadedModel:

@@ -16,7 +16,17 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__, defaults
-from .arguments import clip_value, fraction, nonnegative_float, nonnegative_int, odd_size, percentile, positive_float, positive_int
+from .arguments import (
+    clip_value,
+    fraction,
+    nonnegative_float,
+    nonnegative_int,
+    odd_size,
+    percentile,
+    positive_float,
+    positive_int,
+    progress_log_path,
+)
 from .background import watch_stop_file
 from .errors import SSAEError, TrainingInterrupted
 from .operating_points import OPERATING_POINT_NAMES
@@ -175,7 +185,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue an interrupted run of the same output")
     run.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     run.add_argument("--cache-dir", type=Path, help="preprocessed-slice cache (default: $SSAE_CACHE_DIR or ~/.cache/ssae)")
-    run.add_argument("--progress-log", type=Path, help="append JSON-lines progress events to this file")
+    run.add_argument("--progress-log", type=progress_log_path, help="append JSON-lines progress events to this file")
     run.add_argument("--quiet", action="store_true", help="no progress bar on the terminal")
     _add_device(train)
 
@@ -193,7 +203,7 @@ def _build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--brain-masks", type=Path, help="folder of brain masks named after the scans")
     adapt.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     adapt.add_argument("--cache-dir", type=Path, help="preprocessed-slice cache (default: $SSAE_CACHE_DIR or ~/.cache/ssae)")
-    adapt.add_argument("--progress-log", type=Path, help="append JSON-lines progress events (fraction, message; done) to this file")
+    adapt.add_argument("--progress-log", type=progress_log_path, help="append JSON-lines progress events (fraction, message; done) to this file")
     _add_adaptation(adapt, "adaptation")
     _add_device(adapt)
 
@@ -250,8 +260,13 @@ def _build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--no-scales", action="store_true", help="no per-level maps (aggregated, prior, fused, flair and the mask only)")
     detect.add_argument("--figure", action="store_true", help="also write a PNG panel of the most anomalous slices")
     detect.add_argument("--batch-size", type=positive_int, help="slices per forward pass (default: chosen for the device)")
-    detect.add_argument("--progress-log", type=Path, help="append JSON-lines progress events (fraction, message) to this file")
+    detect.add_argument("--progress-log", type=progress_log_path, help="append JSON-lines progress events (fraction, message) to this file")
     detect.add_argument("--overwrite", action="store_true", help="replace existing result files")
+    detect.add_argument(
+        "--resume",
+        action="store_true",
+        help="a folder or CSV of scans: skip the scans whose complete result set is already in the output folder (an interrupted run)",
+    )
     _add_device(detect)
 
     evaluate = commands.add_parser(
@@ -333,7 +348,7 @@ def _adaptation_settings(args: argparse.Namespace, base):
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .datasets import find_cases, warn_if_labelled
+    from .datasets import default_cache_dir, find_cases, warn_if_labelled
     from .models import Architecture
     from .postprocessing import PostprocessingSettings
     from .preprocessing import PreprocessingSettings
@@ -377,6 +392,7 @@ def _train(args: argparse.Namespace) -> None:
     cases = find_cases(args.data, args.brain_masks)
     warn_if_labelled(cases, _warn)
     check_output_folder(args.output.parent, 50_000_000)
+    check_output_folder(args.cache_dir or default_cache_dir())
     progress = ProgressLog(args.progress_log, None if args.quiet else stderr_terminal())
     try:
         output = train(
@@ -403,7 +419,7 @@ def _dataset_name(source: Path) -> str:
 def _adapt(args: argparse.Namespace) -> None:
     from .adaptation import AdaptationSettings
     from .checkpoint import load_model
-    from .datasets import find_cases
+    from .datasets import default_cache_dir, find_cases
     from .devices import resolve_device
     from .progress import ProgressLog, stderr_terminal
     from .site_adaptation import adapt_to_site
@@ -416,6 +432,7 @@ def _adapt(args: argparse.Namespace) -> None:
     refuse_existing([args.output], args.overwrite)
     check_output_folder(args.output.parent, args.model.stat().st_size * 2)
     cases = find_cases(args.data, args.brain_masks)
+    check_output_folder(args.cache_dir or default_cache_dir())
     base = loaded.card.adaptation.settings if loaded.card.adaptation is not None else AdaptationSettings()
     settings = _adaptation_settings(args, base)
     progress = ProgressLog(args.progress_log, stderr_terminal())
@@ -436,7 +453,7 @@ def _adapt(args: argparse.Namespace) -> None:
 def _calibrate(args: argparse.Namespace) -> None:
     from .calibration import calibrate_card
     from .checkpoint import load_model, save_model
-    from .datasets import find_cases, load_slice_stack
+    from .datasets import default_cache_dir, find_cases, load_slice_stack
     from .detection import Detector
     from .devices import resolve_device
     from .volume_io import check_output_folder, refuse_existing
@@ -449,6 +466,7 @@ def _calibrate(args: argparse.Namespace) -> None:
     loaded = load_model(args.model, device)
     card = loaded.card
     cases = find_cases(args.data, args.brain_masks)
+    check_output_folder(args.cache_dir or default_cache_dir())
     names = [c.name for c in cases]
     validation = list(card.training.get("data", {}).get("val_subjects") or [])
     if args.subjects:
@@ -496,8 +514,10 @@ def _detect(args: argparse.Namespace) -> int:
     if is_cohort(args.image):
         if args.brain_mask:
             raise SSAEError("--brain-mask is for a single image; use --brain-masks for a folder or CSV of scans")
+        if args.resume and args.overwrite:
+            raise SSAEError("--resume keeps finished results and --overwrite redoes them: choose one")
         summary = detect_cohort(
-            detector, args.image, args.output_dir, args.brain_masks, progress_log=args.progress_log, log=print, **options
+            detector, args.image, args.output_dir, args.brain_masks, progress_log=args.progress_log, log=print, resume=args.resume, **options
         )
         print(f"{summary.succeeded} of {summary.total} scan(s) done; cohort table: {summary.table}")
         if summary.failed:
@@ -506,6 +526,8 @@ def _detect(args: argparse.Namespace) -> int:
         return 0
     if args.brain_masks:
         raise SSAEError("--brain-masks is for a folder or CSV of scans; use --brain-mask for one image")
+    if args.resume:
+        raise SSAEError("--resume is for a folder or CSV of scans")
     outcome = detect_one(detector, args.image, args.output_dir, args.brain_mask, progress_log=args.progress_log, **options)
     for warning in outcome.warnings:
         _warn(warning)
@@ -524,7 +546,7 @@ def _detect(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .datasets import find_cases
+    from .datasets import check_case_files, check_output_apart, find_cases
     from .detection import Detector
     from .evaluation import evaluate, report_paths, write_report
     from .lesion_metrics import RULE
@@ -532,8 +554,10 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     refuse_existing(list(report_paths(args.output_dir).values()), args.overwrite)
     check_output_folder(args.output_dir, 10_000_000)
-    detector = Detector.from_file(args.model, args.device)
     cases = find_cases(args.data, args.brain_masks)
+    check_output_apart(args.output_dir, cases)
+    check_case_files(cases, need_label=True)  # every label on its image's grid and a real mask, before any detection
+    detector = Detector.from_file(args.model, args.device)
     adaptation = detector.default_adaptation() if args.adapt is not False else None
     if args.adapt and adaptation is None:
         adaptation = detector.card.adaptation.settings if detector.card.adaptation else defaults.DEFAULT_ADAPTATION
@@ -575,16 +599,18 @@ def _warn(message: str) -> None:
 
 
 def _preprocess(args: argparse.Namespace) -> None:
-    from .datasets import Case, find_cases, read_case_volumes
+    from .datasets import Case, check_output_apart, find_cases, is_dicom_folder, read_case_volumes, safe_case_name
     from .registration import align_to_atlas, alignment_warnings, atlas_space_image, bias_correct, write_transform
     from .volume_io import check_output_folder, refuse_existing, volume_bytes, volume_stem, write_json, write_volume
 
-    if args.input.is_file() and args.input.suffix.lower() != ".csv":
-        cases = [Case(name=volume_stem(args.input), image=args.input, brain_mask=args.brain_mask)]
+    if is_dicom_folder(args.input) or (args.input.is_file() and args.input.suffix.lower() != ".csv"):
+        name = safe_case_name(args.input.name if args.input.is_dir() else volume_stem(args.input))
+        cases = [Case(name=name, image=args.input, brain_mask=args.brain_mask)]
     else:
         if args.brain_mask:
             raise SSAEError("--brain-mask is for a single image; use --brain-masks for a folder")
         cases = find_cases(args.input, args.brain_masks)
+    check_output_apart(args.output_dir, cases)
     names = ("atlas.nii.gz", "brainmask.nii.gz", "atlas_to_scan.tfm", "qc.json")
     refuse_existing([args.output_dir / f"{c.name}_{n}" for c in cases for n in names], args.overwrite)
     check_output_folder(args.output_dir, len(cases) * 30_000_000)
@@ -619,10 +645,11 @@ def _info(args: argparse.Namespace) -> None:
 
     from .card_file import verify_weights
     from .card_text import describe_card
-    from .checkpoint import read_model_card
+    from .checkpoint import check_weights_fit_card, read_model_card
 
     card = read_model_card(args.model)
     verify_weights(args.model, card)
+    check_weights_fit_card(args.model, card)
     print(json.dumps(card, indent=2) if args.json else describe_card(card))
 
 
@@ -668,9 +695,6 @@ def run(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("ssae: interrupted (files being written were removed)", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader went away (ssae info | head): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
 
 
 def interrupt_on_terminate() -> object | None:
@@ -684,8 +708,46 @@ def interrupt_on_terminate() -> object | None:
     return previous
 
 
+class ReaderMayLeave:
+    """Standard output of a command line whose reader may go away (``ssae detect ... | head``):
+    the command still finishes its work (results and tables written, the real exit code), only
+    its printing stops. Without this the first line after ``head`` exits would end the run."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._gone = False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._leave()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._leave()
+
+    def _leave(self) -> None:
+        self._gone = True
+        try:  # what is still buffered must not fail again when the interpreter exits
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    original = sys.stdout
+    if original is not None and not isinstance(original, ReaderMayLeave):
+        sys.stdout = ReaderMayLeave(original)
     previous = interrupt_on_terminate()
     watch_stop_file()  # a GUI's Cancel (ssae.background): behaves like Ctrl-C
     try:
@@ -693,6 +755,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        sys.stdout = original
 
 
 if __name__ == "__main__":

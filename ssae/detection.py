@@ -14,6 +14,8 @@ model card says whether that is the default and holds the thresholds calibrated 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ import SimpleITK as sitk
 import torch
 
 from .adaptation import AdaptationReport, AdaptationSettings, adapt_model, loss_weights
+from .card_file import read_card, verify_weights
 from .checkpoint import ModelCard, load_model
 from .devices import inference_batch_size, resolve_device
 from .errors import SSAEError
@@ -267,18 +270,23 @@ class Detector:
         )
 
 
-_LOADED: dict[tuple[str, int, int, str, int | None], Detector] = {}
+_LOADED: dict[tuple, Detector] = {}
 
 
 def cached_detector(path: str | Path, device: str = "auto", batch_size: int | None = None) -> Detector:
-    """:meth:`Detector.from_file`, kept while the file is unchanged (same path, size and
-    modification time): a worker that runs detection after detection loads and verifies each
-    model once. One model is kept; detection never changes it (adaptation works on a copy)."""
+    """:meth:`Detector.from_file`, kept while the file holds the same model: a worker that runs
+    detection after detection loads each model once. The cache is keyed on the model card and
+    the weights' SHA-256 as read from the file *now* (the card is verified against its checksum
+    and the weights against the card on every call: a file replaced by another with the same
+    size and time stamp is noticed). One model is kept; detection never changes it (adaptation
+    works on a copy)."""
     try:
-        stat = Path(path).resolve().stat()
-    except OSError:
-        return Detector.from_file(path, device, batch_size)  # says what is wrong with the path
-    key = (str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size, str(resolve_device(device)), batch_size)
+        card = read_card(path)
+        verify_weights(path, card)
+    except SSAEError:
+        return Detector.from_file(path, device, batch_size)  # says what is wrong with the file
+    content = hashlib.sha256(json.dumps(card, sort_keys=True).encode()).hexdigest()
+    key = (str(Path(path).resolve()), content, str(resolve_device(device)), batch_size)
     if key not in _LOADED:
         _LOADED.clear()
         _LOADED[key] = Detector.from_file(path, device, batch_size)

@@ -104,7 +104,7 @@ def write_detection(
         if alignment is not None:
             volumes.append((result.prepared.brain_mask, staged["brain_mask"]))
             write_transform(alignment.transform, staged["transform"], overwrite=False)
-        with ThreadPoolExecutor(max_workers=2) as pool:  # compression runs outside the GIL
+        with ThreadPoolExecutor(max_workers=2) as pool, os_errors(f"cannot write into {folder}"):  # compression runs outside the GIL
             list(pool.map(lambda item: write_volume(item[0], item[1]), volumes))
         if figure_title is not None:
             detection_figure(result, staged["figure"], figure_title)

@@ -40,6 +40,7 @@ ATLAS_FILES = {
     "wm": "mni_icbm152_2009a_wm_2mm.nii.gz",
 }
 MIN_BRAIN_INSIDE_HEAD = 0.9
+MIN_BRAIN_IN_VIEW = 0.9  # share of the registered template brain that must lie inside the scan's field of view
 SCALE_RANGE = (0.7, 1.3)  # atlas-to-scan: the MNI brain is larger than most; elderly brains shrink further
 SHAPE_ATTEMPTS = 3  # sampling seeds tried from the brain-shape start while its result collapses
 
@@ -283,6 +284,7 @@ class RegistrationQuality:
     message: str
     contrast: dict[str, float] = field(default_factory=dict)  # median intensity per template tissue
     contrast_warning: str = ""
+    brain_in_view: float | None = None  # share of the registered template brain inside the scan's field of view
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -383,6 +385,25 @@ def register_to_atlas(
     return min(plausible, key=lambda c: c.mutual_information), head
 
 
+def brain_in_view(transform: sitk.AffineTransform, image: sitk.Image) -> float:
+    """The share of the template brain (2 mm) that the registration puts inside ``image``'s field
+    of view: the head-overlap check sees only the part of the brain on the scan's grid, so a
+    20 mm slab of a head could otherwise pass as "the brain lies inside the head"."""
+    atlas = load_atlas()
+    mask = sitk.GetArrayViewFromImage(atlas.brain_2mm).astype(bool)
+    zyx = np.argwhere(mask)[:, ::-1].astype(np.float64)  # continuous indices (x, y, z)
+    brain = atlas.brain_2mm
+    direction = np.array(brain.GetDirection()).reshape(3, 3)
+    points = (direction @ (zyx * np.array(brain.GetSpacing())).T).T + np.array(brain.GetOrigin())
+    matrix = np.array(transform.GetMatrix()).reshape(3, 3)
+    centre, translation = np.array(transform.GetCenter()), np.array(transform.GetTranslation())
+    in_scan = (matrix @ (points - centre).T).T + centre + translation  # atlas point -> scan point
+    scan_direction = np.array(image.GetDirection()).reshape(3, 3)
+    index = (np.linalg.inv(scan_direction) @ (in_scan - np.array(image.GetOrigin())).T).T / np.array(image.GetSpacing())
+    inside = np.all((index >= -0.5) & (index <= np.array(image.GetSize()) - 0.5), axis=1)
+    return float(inside.mean()) if inside.size else 0.0
+
+
 def warp_atlas_brain(transform: sitk.Transform, reference: sitk.Image) -> sitk.Image:
     """The template brain mask on ``reference``'s grid (linear interpolation, > 0.5)."""
     atlas = load_atlas()
@@ -448,6 +469,12 @@ def align_to_atlas(
         problems.append(f"only {best.inside_head:.0%} of the registered template brain lies inside the scan's head")
     if not best.anatomical_scales:
         problems.append(f"the affine scales {', '.join(f'{s:.2f}' for s in best.scales)} are not anatomical")
+    in_view = brain_in_view(best.transform, image)
+    if in_view < MIN_BRAIN_IN_VIEW:
+        problems.append(
+            f"only {in_view:.0%} of the registered template brain lies inside the scan's field of view (a slab or a cropped "
+            "scan?): the results cover that part only, and the registration itself is uncertain"
+        )
     contrast, contrast_warning = contrast_check(image, best.transform)
     quality = RegistrationQuality(
         brain_inside_head=best.inside_head,
@@ -456,6 +483,7 @@ def align_to_atlas(
         message="; ".join(problems) or "registration looks plausible",
         contrast=contrast,
         contrast_warning=contrast_warning,
+        brain_in_view=in_view,
     )
     mask = brain_mask if brain_mask is not None else refine_brain_mask(warp_atlas_brain(best.transform, image), head)
     return AtlasAlignment(transform=best.transform, brain_mask=mask, quality=quality, seconds=time.perf_counter() - started)
@@ -484,5 +512,8 @@ def write_transform(transform: sitk.Transform, path: Path, overwrite: bool) -> P
     from .volume_io import atomic_path
 
     with atomic_path(path, overwrite) as tmp:
-        sitk.WriteTransform(transform, str(tmp))
+        try:
+            sitk.WriteTransform(transform, str(tmp))
+        except RuntimeError as exc:  # ITK's words for a folder that vanished or a full disk
+            raise SSAEError(f"cannot write {path}: {str(exc).strip().splitlines()[-1]}") from None
     return path

@@ -24,6 +24,8 @@ from .errors import SSAEError
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 MIN_SIDE = 4  # voxels along every axis: less is no brain volume, and breaks the multi-resolution steps
 GEOMETRY_TOLERANCE = 1e-3  # mm for origin/spacing, and for direction cosines
+ORTHONORMAL_TOLERANCE = 1e-3  # largest |D^T D - I| of a direction matrix accepted as a rotation (float32 headers: ~1e-7)
+MAX_LABEL_CLASSES = 64  # distinct values a lesion label or brain mask may hold (a scan has thousands)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -90,7 +92,9 @@ def _nifti_voxels(path: Path, what: str) -> tuple[np.ndarray, tuple[int, ...]] |
     import zlib
 
     try:
-        if path.name.lower().endswith(".gz"):
+        with open(path, "rb") as handle:
+            compressed = handle.read(2) == b"\x1f\x8b"  # the gzip magic, whatever the file is named
+        if compressed:
             with gzip.open(path, "rb") as handle:
                 data = handle.read()
         else:
@@ -169,16 +173,29 @@ def check_volume(image: sitk.Image, what: str = "image", allow_constant: bool = 
         raise SSAEError(f"{what} is empty or constant (every voxel is {array.flat[0]})")
     if min(size) < MIN_SIDE:
         raise SSAEError(f"{what} has size {size}: too small for a brain MRI volume (at least {MIN_SIDE} voxels along every axis)")
+    check_direction(image, what)
+
+
+def check_direction(image: sitk.Image, what: str = "image") -> None:
+    """Refuse a direction matrix that is not a rotation (sheared or scaled axes): every step of
+    the pipeline, ITK's writers included, would silently replace it by another grid."""
+    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    gram = direction.T @ direction
+    deviation = float(np.abs(gram - np.eye(3)).max())
+    if deviation > ORTHONORMAL_TOLERANCE:
+        cosines = np.clip(gram[np.triu_indices(3, 1)] / np.sqrt(np.outer(np.diag(gram), np.diag(gram))[np.triu_indices(3, 1)]), -1, 1)
+        skew = float(np.max(np.abs(90.0 - np.degrees(np.arccos(cosines)))))
+        stretch = float(np.max(np.abs(np.sqrt(np.diag(gram)) - 1.0)))
+        raise SSAEError(
+            f"{what} has a direction matrix that is not a rotation: its axes are up to {skew:.3g} degrees from perpendicular "
+            f"and their lengths differ from 1 by up to {stretch:.3g}; resample it onto an orthonormal grid (e.g. with Slicer's "
+            "Resample Scalar Volume) and try again"
+        )
 
 
 def same_geometry(a: sitk.Image, b: sitk.Image, tolerance: float = GEOMETRY_TOLERANCE) -> bool:
     """True when two images share size, spacing, origin and direction (within ``tolerance``)."""
-    return (
-        a.GetSize() == b.GetSize()
-        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tolerance)
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tolerance)
-        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tolerance)
-    )
+    return _same_geometry_values((a.GetSize(), a.GetSpacing(), a.GetOrigin(), a.GetDirection()), b, tolerance)
 
 
 def read_mask(path: str | os.PathLike[str], reference: sitk.Image, what: str) -> sitk.Image:
@@ -201,6 +218,15 @@ def read_mask(path: str | os.PathLike[str], reference: sitk.Image, what: str) ->
             f"{what} {path.name} does not match its image's geometry "
             f"(size {mask.GetSize()} vs {reference.GetSize()}, spacing {_fmt(mask.GetSpacing())} vs "
             f"{_fmt(reference.GetSpacing())}, origin {_fmt(mask.GetOrigin())} vs {_fmt(reference.GetOrigin())})"
+        )
+    values = sitk.GetArrayViewFromImage(mask)
+    if np.issubdtype(values.dtype, np.floating) and not np.array_equal(values, np.round(values)):
+        raise SSAEError(f"{what} {path.name} holds non-integer values: it looks like a scan, not a mask or label image")
+    classes = np.unique(values).size
+    if classes > MAX_LABEL_CLASSES:
+        raise SSAEError(
+            f"{what} {path.name} holds {classes} different values: it looks like a scan, not a mask or label image "
+            f"(a mask holds 0 and 1, a label image a few classes)"
         )
     binary = sitk.Cast(mask > 0, sitk.sitkUInt8)
     binary.CopyInformation(reference)
@@ -307,10 +333,12 @@ def write_volume(image: sitk.Image, path: str | os.PathLike[str], overwrite: boo
                 sitk.WriteImage(image, str(tmp), useCompression=compress, compressionLevel=1)
                 _flush_to_disk(tmp)
                 written = sitk.ReadImage(str(tmp))
-                complete = written.GetSize() == image.GetSize() and _same_voxels(sitk.GetArrayViewFromImage(written), image)
+                complete = same_geometry(written, image) and _same_voxels(sitk.GetArrayViewFromImage(written), image)
         except (RuntimeError, SSAEError, OSError, zlib.error):
             complete = False
         if not complete:
+            if not path.parent.is_dir():
+                raise SSAEError(f"writing {path} failed: the folder {path.parent} was removed while writing")
             free = shutil.disk_usage(path.parent).free
             raise SSAEError(f"writing {path} failed: the file on disk is incomplete ({free / 1e6:.0f} MB free; is the disk full?)")
     return path
@@ -327,8 +355,14 @@ def _write_nifti_gz(image: sitk.Image, path: Path) -> bool:
     try:
         sitk.WriteImage(image, str(scratch), useCompression=False)
         raw = scratch.read_bytes()
+        header = sitk.ImageFileReader()
+        header.SetFileName(str(scratch))
+        header.ReadImageInformation()  # the geometry as any reader will see it
+        geometry = (header.GetSize(), header.GetSpacing(), header.GetOrigin(), header.GetDirection())
     finally:
         scratch.unlink(missing_ok=True)
+    if not _same_geometry_values(geometry, image):
+        return False
     found = _nifti_payload(raw, path.name, "written file")
     if found is None or tuple(found[1][:3]) != image.GetSize() or not _same_voxels(found[0], image):
         return False
@@ -339,6 +373,16 @@ def _write_nifti_gz(image: sitk.Image, path: Path) -> bool:
         handle.flush()
         os.fsync(handle.fileno())
     return zlib.decompress(path.read_bytes(), wbits=31) == raw
+
+
+def _same_geometry_values(geometry: tuple, image: sitk.Image, tolerance: float = GEOMETRY_TOLERANCE) -> bool:
+    size, spacing, origin, direction = geometry
+    return (
+        tuple(size) == image.GetSize()
+        and np.allclose(spacing, image.GetSpacing(), atol=tolerance)
+        and np.allclose(origin, image.GetOrigin(), atol=tolerance)
+        and np.allclose(direction, image.GetDirection(), atol=tolerance)
+    )
 
 
 def _same_voxels(voxels: np.ndarray, image: sitk.Image) -> bool:

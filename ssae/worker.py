@@ -85,6 +85,9 @@ def run_job(request: dict[str, Any]) -> int:
 
 def serve() -> int:
     """Read requests until ``quit`` or the end of stdin (see the module doc)."""
+    if sys.stdin is None or sys.stdout is None:
+        print("ssae worker: needs its standard input and output (it reads jobs and answers there); run it from a parent", file=sys.stderr)
+        return 2
     interrupt_on_terminate()
     from . import detection  # noqa: F401 (PyTorch and the engine: the start-up cost, paid once here)
     from .devices import available_device_description
