@@ -51,7 +51,7 @@ if UNSUPPORTED is None:
     from SSAEAnomalyLib.results import TERMINOLOGY_FILE
     from SSAEAnomalyLib.sample_data import sample_data_sources
 
-    from ssae.errors import SSAEError
+    from ssae.io.errors import SSAEError
 else:  # an older Slicer: the panel shows UNSUPPORTED and builds nothing that needs the engine
     AnomalyLogic = object
 
@@ -539,7 +539,7 @@ class SSAEAnomalyTest(ScriptedLoadableModuleTest):
         self.test_background_detection()
 
     def _load_sample(self):
-        from ssae.resources import sample_case_dir
+        from ssae.io.resources import sample_case_dir
 
         return slicer.util.loadVolume(str(sample_case_dir() / "flair.nii.gz"))
 
@@ -577,7 +577,7 @@ class SSAEAnomalyTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Test passed")
 
     def test_background_detection(self):
-        from ssae.background import wait_for
+        from ssae.app.processes import wait_for
 
         self.delayDisplay("Detecting twice in the background detection worker")
         volume = self._load_sample()

@@ -44,7 +44,7 @@ if UNSUPPORTED is None:
     from SSAEAnomalyLib.dependencies import ensure_engine_dependencies, packages_summary
     from SSAETrainingLib import RUNNING, TrainingRequest, load_request, parameter_node, save_request, start_training
 
-    from ssae import defaults
+    from ssae.models.settings import VARIANTS
 
 MODES = {"train": "Train a new model on healthy scans", "adapt": "Adapt a model to my scans"}
 SIZES = ("64", "128", "256")
@@ -92,7 +92,7 @@ class SSAETrainingWidget(ScriptedLoadableModuleWidget):
         for key, label in MODES.items():
             self.ui.modeComboBox.addItem(label, key)
         self.ui.modeComboBox.connect("currentIndexChanged(int)", self.onModeChanged)
-        self.ui.variantComboBox.addItems(list(defaults.VARIANTS))
+        self.ui.variantComboBox.addItems(list(VARIANTS))
         self.ui.sizeComboBox.addItems(list(SIZES))
         self.ui.deviceComboBox.addItems(list(DEVICES))
         self.ui.deviceLabel.text = packages_summary("the training log names the device it runs on (auto: the GPU where PyTorch sees one).")
@@ -260,9 +260,9 @@ class SSAETrainingTest(ScriptedLoadableModuleTest):
         self.test_train_cancel_resume()
 
     def test_train_cancel_resume(self):
-        from ssae.background import wait_for
-        from ssae.checkpoint import read_model_card
-        from ssae.resources import sample_case_dir
+        from ssae.app.processes import wait_for
+        from ssae.io.resources import sample_case_dir
+        from ssae.models.checkpoint import read_model_card
 
         self.delayDisplay("Training a tiny model in the background")
         folder = Path(tempfile.mkdtemp())

@@ -62,10 +62,10 @@ def small_cases(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_config():
-    from ssae.models import Architecture
-    from ssae.postprocessing import PostprocessingSettings
-    from ssae.preprocessing import PreprocessingSettings
-    from ssae.training import TrainingConfig
+    from ssae.models.settings import Architecture
+    from ssae.preprocessing.slices import PreprocessingSettings
+    from ssae.scoring.score_maps import PostprocessingSettings
+    from ssae.training.config import TrainingConfig
 
     return TrainingConfig(
         architecture=Architecture("dense", size=64, levels=3, base_filters=16, max_filters=64, latent_dim=64),
@@ -86,8 +86,8 @@ def tiny_model(tmp_path_factory, small_cases, tiny_config) -> Path:
     With two subjects, one trains and one validates; the model knows its training subject's
     anatomy well, which is what the tests below lean on.
     """
-    from ssae.datasets import find_cases
-    from ssae.training import train
+    from ssae.io.cases import find_cases
+    from ssae.training.trainer import train
 
     out = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     cache = tmp_path_factory.mktemp("cache")
@@ -115,7 +115,7 @@ def oblique_direction(degrees: float = 20.0) -> tuple[float, ...]:
 def cli_refuses(capsys, argv, message: str) -> str:
     """Run ``ssae argv`` in-process and check the refusal contract: exit 2, warnings first, then
     one line ``ssae: error: ...`` naming ``message``, no traceback. Returns the error line."""
-    from ssae.cli import main
+    from ssae.app.cli import main
 
     code = main([str(a) for a in argv])
     lines = capsys.readouterr().err.strip().splitlines()

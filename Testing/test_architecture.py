@@ -51,7 +51,7 @@ def test_the_engine_is_organised_by_stage_with_a_docstring_per_stage():
     assert loose == ["__init__.py", "__main__.py"], loose
     for stage in STAGES:
         doc = ast.get_docstring(ast.parse((PACKAGE / stage / "__init__.py").read_text(encoding="utf-8")))
-        assert doc and "may import" in doc, f"ssae/{stage}/__init__.py must say what the stage owns and what it may import"
+        assert doc and "may import" in doc.lower(), f"ssae/{stage}/__init__.py must say what the stage owns and what it may import"
 
 
 def test_no_stage_imports_a_later_stage():
@@ -109,13 +109,11 @@ def test_modules_are_small_or_say_why_not():
 
 def test_the_layout_test_sees_an_upward_import(tmp_path):
     """The rule can fail: an io module that imported the command line would be caught."""
-    probe = PACKAGE / "io" / "_layout_probe.py"
-    probe.write_text("from ssae.app.cli import main\n", encoding="utf-8")
-    try:
-        assert _stage("ssae.io._layout_probe") < _stage("ssae.app.cli")
-        assert "ssae.app.cli" in _imports("ssae.io._layout_probe", probe)
-    finally:
-        probe.unlink()
+    probe = tmp_path / "probe.py"
+    probe.write_text("from ssae.app.cli import main\nfrom ..app import cli\n", encoding="utf-8")
+    name = "ssae.io.probe"
+    assert _stage(name) < _stage("ssae.app.cli")
+    assert "ssae.app.cli" in _imports(name, probe)
 
 
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")

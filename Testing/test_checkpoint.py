@@ -9,11 +9,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ssae.checkpoint import CARD_KEY, CHECKSUM_KEY, Calibration, ModelCard, load_model, read_model_card, save_model
-from ssae.errors import SSAEError
-from ssae.models import Architecture, build_model
-from ssae.postprocessing import PostprocessingSettings
-from ssae.preprocessing import PreprocessingSettings
+from ssae.io.errors import SSAEError
+from ssae.io.model_file import CARD_KEY, CHECKSUM_KEY
+from ssae.models.card import Calibration, ModelCard
+from ssae.models.checkpoint import load_model, read_model_card, save_model
+from ssae.models.networks import build_model
+from ssae.models.settings import Architecture
+from ssae.preprocessing.slices import PreprocessingSettings
+from ssae.scoring.score_maps import PostprocessingSettings
 
 
 def _card(arch: Architecture) -> ModelCard:
@@ -59,8 +62,8 @@ def test_existing_file_is_not_overwritten(saved):
 
 
 def test_a_modified_weight_byte_is_detected_with_and_without_torch(saved, capsys):
-    from ssae.card_file import verify_weights
-    from ssae.cli import main
+    from ssae.app.cli import main
+    from ssae.io.model_file import verify_weights
 
     path, _ = saved
     verify_weights(path, read_model_card(path))  # the torch-free digest agrees with the saved one
@@ -114,7 +117,7 @@ def test_weights_of_another_architecture_are_refused(saved, tmp_path):
     card["architecture"]["latent_dim"] = 32  # card now disagrees with the weights
     other = build_model(Architecture("dense", size=64, levels=3, base_filters=8, max_filters=16, latent_dim=8))
     state = {k: v.contiguous() for k, v in other.state_dict().items()}
-    from ssae.checkpoint import weights_digest
+    from ssae.models.checkpoint import weights_digest
 
     card["weights_sha256"] = weights_digest(state)
     forged = tmp_path / "forged.safetensors"
@@ -145,7 +148,7 @@ def _rewrite_card(path: Path, edit, keep_checksum: bool = True) -> None:
 
 
 def test_an_edited_card_is_refused_by_its_checksum_and_by_info(saved, capsys):
-    from ssae.cli import main
+    from ssae.app.cli import main
 
     path, _ = saved
     _rewrite_card(path, lambda card: card["thresholds"].update(aggregated=0.001))

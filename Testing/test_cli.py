@@ -11,11 +11,13 @@ import SimpleITK as sitk
 import torch
 from conftest import cli_refuses
 
-from ssae.checkpoint import Calibration, ModelCard, save_model
-from ssae.cli import main
-from ssae.models import Architecture, build_model
-from ssae.postprocessing import PostprocessingSettings
-from ssae.preprocessing import PreprocessingSettings
+from ssae.app.cli import main
+from ssae.models.card import Calibration, ModelCard
+from ssae.models.checkpoint import save_model
+from ssae.models.networks import build_model
+from ssae.models.settings import Architecture
+from ssae.preprocessing.slices import PreprocessingSettings
+from ssae.scoring.score_maps import PostprocessingSettings
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +158,7 @@ def test_bad_training_data_and_checkpoints(untrained_model, small_cases, tmp_pat
 
 
 def test_the_installed_command_exits_2_without_traceback(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "ssae.cli", "info", str(tmp_path / "none.safetensors")], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "ssae", "info", str(tmp_path / "none.safetensors")], capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip() == f"ssae: error: model file not found: {tmp_path / 'none.safetensors'}"
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ssae.datasets import find_cases, load_slice_stack
-from ssae.errors import SSAEError
-from ssae.preprocessing import PreprocessingSettings
+from ssae.io.cases import find_cases
+from ssae.io.errors import SSAEError
+from ssae.preprocessing.slices import PreprocessingSettings
+from ssae.training.slice_cache import load_slice_stack
 
 
 def _touch_volume(path, value=1.0):

@@ -5,9 +5,9 @@ import pytest
 import SimpleITK as sitk
 from conftest import oblique_direction
 
-from ssae.checkpoint import read_model_card
-from ssae.detection import DetectionCancelled, Detector
-from ssae.volume_io import read_mask, read_volume
+from ssae.detection.detector import DetectionCancelled, Detector
+from ssae.io.volumes import read_mask, read_volume
+from ssae.models.checkpoint import read_model_card
 
 
 @pytest.fixture(scope="module")

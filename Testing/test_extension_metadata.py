@@ -94,7 +94,7 @@ def test_sample_data_sources_point_at_the_shipped_files_with_their_checksums():
 
 
 def test_shipped_model_card_names_its_training_data_without_a_path():
-    from ssae.card_file import read_card
+    from ssae.io.model_file import read_card
 
     data = read_card(REPO / "Resources" / "Models" / "ssae-dense-nichart.safetensors")["training"]["data"]
     assert data["dataset"] == "nichart" and data["subjects"] == 20
@@ -124,7 +124,7 @@ def test_both_modules_set_up_their_panels_without_pytorch(tmp_path):
             print(widget.ui.deviceLabel.text)
         print(widget.ui.trainButton.enabled)
         session.close()
-        assert sys.modules["torch"] is None and "ssae.detection" not in sys.modules
+        assert sys.modules["torch"] is None and "ssae.detection.detector" not in sys.modules
         """
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

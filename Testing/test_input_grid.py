@@ -6,8 +6,8 @@ import pytest
 import SimpleITK as sitk
 from conftest import make_volume, oblique_direction
 
-from ssae.errors import SSAEError
-from ssae.input_grid import InputGridSampler, to_input_grid_many
+from ssae.io.errors import SSAEError
+from ssae.preprocessing.input_grid import InputGridSampler, to_input_grid_many
 
 
 def _grid() -> sitk.Image:

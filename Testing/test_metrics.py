@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from ssae.metrics import average_precision, best_dice, overlap, precision_recall
+from ssae.scoring.metrics import average_precision, best_dice, overlap, precision_recall
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from ssae.errors import SSAEError
-from ssae.models import Architecture, build_model, count_parameters, matched_plain_architecture
-from ssae.pyramid import decompose
+from ssae.io.errors import SSAEError
+from ssae.models.networks import build_model, count_parameters, matched_plain_architecture
+from ssae.models.settings import Architecture
+from ssae.preprocessing.pyramid import decompose
 
 
 @pytest.mark.parametrize("variant", ["dense", "spatial", "vae"])

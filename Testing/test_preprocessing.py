@@ -5,16 +5,16 @@ import pytest
 import SimpleITK as sitk
 from conftest import make_volume, oblique_direction
 
-from ssae.errors import SSAEError
-from ssae.foreground import foreground_mask
-from ssae.input_grid import to_input_grid_many
-from ssae.preprocessing import (
+from ssae.io.errors import SSAEError
+from ssae.io.volumes import read_volume
+from ssae.preprocessing.foreground import foreground_mask
+from ssae.preprocessing.input_grid import to_input_grid_many
+from ssae.preprocessing.slices import (
     PreprocessingSettings,
     intensity_normalisation,
     prepare_volume,
     resample_to_grid,
 )
-from ssae.volume_io import read_volume
 
 SETTINGS = PreprocessingSettings(size=64)
 

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from ssae.pyramid import (
+from ssae.preprocessing.pyramid import (
     KERNEL_TAPS,
     SIGMA,
     decompose,

@@ -10,11 +10,13 @@ import pytest
 import SimpleITK as sitk
 from conftest import REPO
 
-from ssae.cli import main
-from ssae.errors import SSAEError
-from ssae.input_grid import to_input_grid_many
-from ssae.preprocessing import PreprocessingSettings, prepare_volume, resample_to_grid
-from ssae.registration import align_to_atlas, contrast_check, load_atlas
+from ssae.app.cli import main
+from ssae.io.errors import SSAEError
+from ssae.preprocessing.atlas import load_atlas
+from ssae.preprocessing.input_grid import to_input_grid_many
+from ssae.preprocessing.registration import align_to_atlas
+from ssae.preprocessing.registration_check import contrast_check
+from ssae.preprocessing.slices import PreprocessingSettings, prepare_volume, resample_to_grid
 
 CLINICAL = REPO / "Resources" / "SampleData" / "ClinicalRaw" / "patient01_study1_FLAIR.nii.gz"
 
@@ -36,9 +38,9 @@ def clinical_small(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def atlas_model(tmp_path_factory, small_cases, tiny_config) -> Path:
     """A small 2-level SSAE trained on atlas-registered slices (short: geometry is what counts here)."""
-    from ssae.datasets import find_cases
-    from ssae.models import Architecture
-    from ssae.training import train
+    from ssae.io.cases import find_cases
+    from ssae.models.settings import Architecture
+    from ssae.training.trainer import train
 
     config = replace(
         tiny_config,
@@ -138,8 +140,8 @@ def test_a_volume_without_a_head_is_refused():
 
 
 def test_slicer_logic_shows_atlas_results_and_the_registration_transform(clinical_small, atlas_model):
-    from SSAEAnomalyLib import AnomalyLogic, update_volume_node_from_image
     from headless_slicer import headless_scene
+    from SSAEAnomalyLib import AnomalyLogic, update_volume_node_from_image
 
     scene, _ = headless_scene()
     volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "raw FLAIR")
@@ -170,8 +172,8 @@ def test_bias_correction_keeps_the_head_intensities_of_a_raw_scan_in_any_units(s
     """N4 on the raw clinical FLAIR (skull, strong field) corrects, it does not wipe out the
     signal: with a +1 offset before the logarithm at unit scale, the head's median fell to 0.39
     of the input and 35 % of the head went negative, and registration failed on such scans."""
-    from ssae.foreground import foreground_mask
-    from ssae.registration import bias_correct
+    from ssae.preprocessing.bias_field import bias_correct
+    from ssae.preprocessing.foreground import foreground_mask
 
     image = sitk.Cast(sitk.ReadImage(str(CLINICAL)), sitk.sitkFloat32) * scale
     head = sitk.GetArrayFromImage(foreground_mask(image)) > 0

@@ -18,11 +18,12 @@ import pytest
 import SimpleITK as sitk
 from conftest import cli_refuses
 
-from ssae.background import DetectionWorker, wait_for
-from ssae.cli import main
-from ssae.datasets import find_cases
-from ssae.detection import cached_detector
-from ssae.errors import SSAEError
+from ssae.app.cli import main
+from ssae.app.processes import wait_for
+from ssae.app.worker_client import DetectionWorker
+from ssae.detection.detector import cached_detector
+from ssae.io.cases import find_cases
+from ssae.io.errors import SSAEError
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +70,10 @@ def test_a_model_replaced_with_the_same_size_and_time_is_noticed(tiny_model, tmp
 
 
 def test_the_worker_without_its_pipes_says_so():
-    done = subprocess.run([sys.executable, "-m", "ssae.worker"], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "ssae.app.worker"], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0  # end of input: the worker ends quietly
     closed = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.stdin.close(); sys.stdin = None; from ssae.worker import serve; sys.exit(serve())"],
+        [sys.executable, "-c", "import sys; sys.stdin.close(); sys.stdin = None; from ssae.app.worker import serve; sys.exit(serve())"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -239,7 +240,7 @@ def test_every_written_volume_keeps_the_input_geometry(tiny_model, flair, tmp_pa
 
 
 def test_a_slab_is_reported_as_partial_coverage(flair, tmp_path):
-    from ssae.registration import align_to_atlas
+    from ssae.preprocessing.registration import align_to_atlas
 
     slab = sitk.ReadImage(str(flair))
     slab = slab[:, :, slab.GetDepth() // 2 - 5 : slab.GetDepth() // 2 + 5]  # 20 mm of a 2 mm scan
@@ -253,7 +254,7 @@ def test_an_uncompressed_nifti_named_nii_gz_is_read(tiny_model, flair, tmp_path,
     sitk.WriteImage(image, str(plain), False)
     misnamed = tmp_path / "misnamed.nii.gz"
     plain.rename(misnamed)
-    from ssae.volume_io import read_volume
+    from ssae.io.volumes import read_volume
 
     assert read_volume(misnamed).GetSize() == image.GetSize()
 

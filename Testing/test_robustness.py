@@ -20,9 +20,9 @@ import pytest
 import SimpleITK as sitk
 from conftest import cli_refuses
 
-from ssae import volume_io
-from ssae.cli import main
-from ssae.errors import SSAEError
+from ssae.app.cli import main
+from ssae.io import writing as volume_io
+from ssae.io.errors import SSAEError
 
 
 def _final_files(folder: Path) -> list[str]:
@@ -160,7 +160,7 @@ def test_a_full_disk_is_refused_up_front_and_leaves_nothing(tiny_model, flair, t
 
 
 def test_an_interrupted_detection_leaves_no_file_under_a_final_name(tiny_model, flair, tmp_path, capsys, monkeypatch):
-    from ssae import detection_files
+    from ssae.detection import result_files as detection_files
 
     written = []
     real = detection_files.write_volume
@@ -198,7 +198,7 @@ class _SerialPool:
 
 
 def test_a_failure_while_replacing_results_restores_the_old_ones(tmp_path, monkeypatch):
-    from ssae import detection_files
+    from ssae.detection import result_files as detection_files
 
     final = {name: tmp_path / f"{name}.txt" for name in ("a", "b", "c")}
     for path in final.values():
@@ -252,7 +252,8 @@ def test_json_can_never_carry_nan():
 
 
 def test_intensities_in_any_units_give_the_same_result(tiny_model, flair, tmp_path, capsys):
-    from ssae.registration import bias_correct, contrast_check
+    from ssae.preprocessing.bias_field import bias_correct
+    from ssae.preprocessing.registration_check import contrast_check
 
     image = sitk.Cast(sitk.ReadImage(str(flair)), sitk.sitkFloat32)
     corrected = sitk.GetArrayFromImage(bias_correct(image))
@@ -270,7 +271,7 @@ def test_intensities_in_any_units_give_the_same_result(tiny_model, flair, tmp_pa
 
 
 def test_an_empty_brain_mask_is_a_clear_error(tiny_model, flair, tmp_path, capsys):
-    from ssae.registration import bias_correct
+    from ssae.preprocessing.bias_field import bias_correct
 
     image = sitk.ReadImage(str(flair))
     empty = sitk.Image(image.GetSize(), sitk.sitkUInt8)
@@ -294,10 +295,10 @@ def test_demo_refuses_an_existing_output_before_any_work(tmp_path, capsys):
 
 
 def test_train_defaults_are_the_shipped_models_recipe(repo):
-    from ssae.checkpoint import read_model_card
-    from ssae.cli import _build_parser
+    from ssae.app.cli import build_parser
+    from ssae.models.checkpoint import read_model_card
 
-    args = _build_parser().parse_args(["train", "data", "-o", "m.safetensors"])
+    args = build_parser().parse_args(["train", "data", "-o", "m.safetensors"])
     config = read_model_card(repo / "Resources" / "Models" / "ssae-dense-nichart.safetensors")["training"]["config"]
     assert (args.size, args.levels, args.epochs, args.patience) == (
         config["architecture"]["size"],
@@ -327,14 +328,14 @@ def test_the_repository_ignores_what_the_commands_write_by_default(repo):
 
 def test_every_command_exits_2_without_traceback_as_a_process(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "ssae.cli", "detect", "x.safetensors", "y.nii.gz", "--batch-size", "-1"], capture_output=True, text=True
+        [sys.executable, "-m", "ssae", "detect", "x.safetensors", "y.nii.gz", "--batch-size", "-1"], capture_output=True, text=True
     )
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
 
 
 def test_a_result_that_appears_meanwhile_is_never_clobbered(tmp_path):
     """Two runs writing the same results: the later one fails instead of replacing the other's."""
-    from ssae import detection_files
+    from ssae.detection import result_files as detection_files
 
     staging = tmp_path / ".staging"
     staging.mkdir()

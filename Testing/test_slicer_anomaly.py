@@ -15,13 +15,13 @@ import SimpleITK as sitk
 import slicerio
 import vtk
 from conftest import SAMPLES, oblique_direction
-from SSAEAnomalyLib import AnomalyLogic, AnomalyParameters, image_from_volume_node, show_in_slice_views, update_volume_node_from_image
 from headless_slicer import SliceViewRenderer, headless_scene
+from SSAEAnomalyLib import AnomalyLogic, AnomalyParameters, image_from_volume_node, show_in_slice_views, update_volume_node_from_image
 from SSAEAnomalyLib.volumes import array_from_volume_node
 
-from ssae.background import wait_for
-from ssae.operating_points import card_mask_rule
-from ssae.errors import SSAEError
+from ssae.app.processes import wait_for
+from ssae.io.errors import SSAEError
+from ssae.scoring.operating_points import card_mask_rule
 
 
 def _add_volume(scene, image: sitk.Image, name: str):

@@ -9,9 +9,9 @@ import pytest
 from headless_slicer import headless_scene
 from SSAETrainingLib import TrainingProgress, TrainingRequest, load_request, parameter_node, save_request, start_training
 
-from ssae.background import wait_for
-from ssae.checkpoint import read_model_card
-from ssae.errors import SSAEError
+from ssae.app.processes import wait_for
+from ssae.io.errors import SSAEError
+from ssae.models.checkpoint import read_model_card
 
 
 def _request(small_cases, tmp_path, **changes) -> TrainingRequest:

@@ -13,7 +13,6 @@ import ast
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from slicer_double.widgets import QComboBox, QTimer, ctkPathLineEdit, ctkSliderW
 from SSAEAnomalyLib import update_volume_node_from_image
 from SSAEAnomalyLib.compatibility import unsupported_reason
 
-from ssae.cli import run as run_cli
+from ssae.app.cli import run as run_cli
 
 ANOMALY = REPO / "SSAEAnomaly" / "SSAEAnomaly.py"
 TRAINING = REPO / "SSAETraining" / "SSAETraining.py"
@@ -217,7 +216,6 @@ def test_detect_loads_the_results_and_the_mask_follows_threshold_map_and_operati
     assert widget.thresholdTimer.isActive() and widget.thresholdTimer._fire()
     assert params.threshold_of(params.score_map) == pytest.approx(moved, rel=1e-3)
     assert "your threshold" in widget.ui.lesionSummaryLabel.text
-    lowered = float(params.statistics_table.GetAttribute("SSAE.totalVolumeMl"))
 
     widget.ui.scoreMapComboBox.currentIndex = widget.ui.scoreMapComboBox.findText("aggregated")
     assert params.score_map == "aggregated"

@@ -7,10 +7,13 @@ import csv
 import numpy as np
 import SimpleITK as sitk
 
-from ssae.baselines import intensity_score
-from ssae.metrics import average_precision, best_dice
-from ssae.preprocessing import PreprocessingSettings, prepare_volume
-from ssae.suite import CSV_COLUMNS, Profile, bootstrap_intervals, run_suite
+from ssae.evaluation.bootstrap import bootstrap_intervals
+from ssae.evaluation.reproduction import run_suite
+from ssae.evaluation.reproduction_plan import Profile
+from ssae.evaluation.reproduction_report import CSV_COLUMNS
+from ssae.preprocessing.slices import PreprocessingSettings, prepare_volume
+from ssae.scoring.baselines import intensity_score
+from ssae.scoring.metrics import average_precision, best_dice
 
 
 def test_three_models_two_cases_give_a_well_formed_report(small_cases, tmp_path):

@@ -12,13 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssae.checkpoint import load_model, read_model_card
-from ssae.datasets import find_cases
-from ssae.errors import SSAEError, TrainingInterrupted
-from ssae.models import build_model
-from ssae.progress import ProgressLog
-from ssae.pyramid import decompose, upsample
-from ssae.training import Trainer, split_subjects
+from ssae.io.cases import find_cases
+from ssae.io.errors import SSAEError, TrainingInterrupted
+from ssae.io.progress import ProgressLog
+from ssae.models.checkpoint import load_model, read_model_card
+from ssae.models.networks import build_model
+from ssae.preprocessing.pyramid import decompose, upsample
+from ssae.training.config import split_subjects
+from ssae.training.trainer import Trainer
 
 
 def test_level_loss_is_eq3_and_only_the_training_level_gets_gradients(tiny_config, small_cases, tmp_path):
@@ -43,8 +44,8 @@ def test_level_loss_is_eq3_and_only_the_training_level_gets_gradients(tiny_confi
 def test_the_loss_from_a_kept_pyramid_and_coarser_reconstruction_is_the_same_loss(tiny_config):
     """Scanner adaptation decomposes the scan once and computes each level's u(Î_{k+1}) once;
     the loss it then optimises must be Eq. 3 exactly as training computes it, for any rows."""
-    from ssae.adaptation import _coarser_reconstruction, _rows
-    from ssae.losses import level_loss, pyramid_level_loss
+    from ssae.detection.adaptation import _coarser_reconstruction, _rows
+    from ssae.models.losses import level_loss, pyramid_level_loss
 
     model = build_model(tiny_config.architecture).eval()
     x = torch.rand(6, 1, 64, 64)
@@ -141,7 +142,7 @@ def test_torchrun_ddp_on_two_processes(small_cases, tmp_path):
         "--standalone",
         "--nproc_per_node=2",
         "-m",
-        "ssae.cli",
+        "ssae",
         "train",
         str(small_cases),
         "-o",

@@ -1,5 +1,5 @@
 """The detection worker: one long-lived process that runs ``ssae`` commands one after another
-(ssae.worker in the child, ssae.background.DetectionWorker in the parent)."""
+(ssae.app.worker in the child, ssae.app.worker_client.DetectionWorker in the parent)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ import json
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
 
-from ssae.background import DetectionWorker, wait_for
-from ssae.detection import cached_detector
+from ssae.app.processes import wait_for
+from ssae.app.worker_client import DetectionWorker
+from ssae.detection.detector import cached_detector
+from ssae.models.checkpoint import load_model, save_model
 
 
 @pytest.fixture()
@@ -101,11 +104,16 @@ def test_the_worker_ends_when_its_parent_closes_its_input(worker):
     assert not worker.alive
 
 
-def test_a_cached_detector_is_reloaded_when_its_file_changes(tiny_model, tmp_path):
+def test_a_cached_detector_is_kept_for_the_same_model_and_reloaded_for_another(tiny_model, tmp_path):
     copy = tmp_path / "model.safetensors"
     shutil.copy(tiny_model, copy)
     first = cached_detector(copy, "cpu")
-    assert cached_detector(copy, "cpu") is first
     stat = copy.stat()
-    os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # a new version of the file
-    assert cached_detector(copy, "cpu") is not first
+    os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # touched, same model
+    assert cached_detector(copy, "cpu") is first
+    loaded = load_model(copy, "cpu")
+    loaded.card.postprocessing = replace(loaded.card.postprocessing, min_lesion_mm3=loaded.card.postprocessing.min_lesion_mm3 + 5)
+    save_model(loaded.model, loaded.card, copy, overwrite=True)  # a recalibrated model under the same name
+    second = cached_detector(copy, "cpu")
+    assert second is not first
+    assert second.card.postprocessing.min_lesion_mm3 == first.card.postprocessing.min_lesion_mm3 + 5

@@ -43,15 +43,17 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "SSAEAnomaly"))
 sys.path.insert(0, str(REPO / "Testing"))
 
-from ssae.checkpoint import Calibration, ModelCard, save_model
-from ssae.detection import Detector
-from ssae.detection_files import detection_summary, write_detection
-from ssae.devices import describe_device, resolve_device
-from ssae.models import Architecture, build_model, count_parameters
-from ssae.postprocessing import PostprocessingSettings
-from ssae.preprocessing import PreprocessingSettings
-from ssae.resources import default_model_path, sample_case_dir
-from ssae.volume_io import read_volume
+from ssae.detection.detector import Detector
+from ssae.detection.result_files import detection_summary, write_detection
+from ssae.io.resources import default_model_path, sample_case_dir
+from ssae.io.volumes import read_volume
+from ssae.models.card import Calibration, ModelCard
+from ssae.models.checkpoint import save_model
+from ssae.models.devices import describe_device, resolve_device
+from ssae.models.networks import build_model, count_parameters
+from ssae.models.settings import Architecture
+from ssae.preprocessing.slices import PreprocessingSettings
+from ssae.scoring.score_maps import PostprocessingSettings
 
 SAMPLE = sample_case_dir() / "flair.nii.gz"
 PAPER = Architecture("dense", size=256, levels=4, base_filters=16, max_filters=96)
@@ -59,7 +61,7 @@ STEPS = ["load", "read", "n4", "registration", "slicing", "adapt", "forward", "p
 # ``ssae`` in a child that reports its own peak resident memory (Linux: VmHWM, which, unlike
 # ru_maxrss, is not inherited from the forking parent).
 MEASURE_MEMORY = (
-    "import sys; from ssae.cli import main; code = main(sys.argv[1:]); "
+    "import sys; from ssae.app.cli import main; code = main(sys.argv[1:]); "
     "lines = open('/proc/self/status').read().splitlines() if sys.platform.startswith('linux') else []; "
     "print('@peak-rss-kb', *[line.split()[1] for line in lines if line.startswith('VmHWM')], file=sys.stderr); sys.exit(code)"
 )
@@ -165,12 +167,12 @@ def child_seconds(command: list[str]) -> tuple[float, int | None]:
 def slicer_worker_rows(device: str, repeats: int) -> None:
     """SSAEAnomaly's own logic on a slicer-core scene: what a user waits per click."""
     try:
-        from SSAEAnomalyLib import AnomalyLogic, update_volume_node_from_image
         from headless_slicer import headless_scene
+        from SSAEAnomalyLib import AnomalyLogic, update_volume_node_from_image
     except ImportError as exc:
         print(f"{'SSAEAnomaly (slicer-core)':>60s}: skipped ({exc}); pip install -e .[test]")
         return
-    from ssae.background import wait_for
+    from ssae.app.processes import wait_for
 
     scene, _ = headless_scene()
     volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "FLAIR")
@@ -200,7 +202,8 @@ def slicer_worker_rows(device: str, repeats: int) -> None:
 
 def worker_rows(args: argparse.Namespace, folder: Path, paper: Path, paper_input: Path) -> None:
     """The paper-size model through the detection worker, as a batch run or a script uses it."""
-    from ssae.background import DetectionWorker, wait_for
+    from ssae.app.processes import wait_for
+    from ssae.app.worker_client import DetectionWorker
 
     worker = DetectionWorker()
     jobs = 0
@@ -231,7 +234,7 @@ def worker_rows(args: argparse.Namespace, folder: Path, paper: Path, paper_input
 def end_to_end_table(args: argparse.Namespace, folder: Path, shipped: Path, paper: Path, paper_input: Path) -> None:
     print("\n2. End to end, as users run it (wall seconds; fastest of", args.repeats, "runs)")
     python = sys.executable
-    startup = min(child_seconds([python, "-c", "import ssae.detection, ssae.registration"])[0] for _ in range(args.repeats))
+    startup = min(child_seconds([python, "-c", "import ssae.detection.detector, ssae.preprocessing.registration"])[0] for _ in range(args.repeats))
     print(f"{'interpreter start-up + imports alone':>60s}: {startup:5.2f} s")
     for label, model, image, extra in (
         ("ssae detect, shipped, every map", shipped, SAMPLE, []),
@@ -251,9 +254,9 @@ def accuracy_table(data: Path, device: str) -> None:
     """Earlier, current and rejected N4 and registration settings on the development sets."""
     from dataclasses import replace
 
-    from ssae.datasets import find_cases, read_case_volumes
-    from ssae.metrics import average_precision
-    from ssae.registration import COARSE_N4, THOROUGH_REGISTRATION, RegistrationSettings
+    from ssae.io.cases import find_cases, read_case_volumes
+    from ssae.preprocessing.registration import COARSE_N4, THOROUGH_REGISTRATION, RegistrationSettings
+    from ssae.scoring.metrics import average_precision
 
     detector = Detector.from_file(default_model_path(), device)
     card = detector.card

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ssae.adaptation import AdaptationSettings
-from ssae.datasets import PREPROCESSING_VERSION, Case, cached_alignment, find_cases, read_case_volumes
-from ssae.detection import Detector
-from ssae.preprocessing import PreparedVolume, prepare_volume
-from ssae.registration import bias_correct
+from ssae.detection.detector import Detector
+from ssae.io.cases import Case, find_cases, read_case_volumes
+from ssae.models.settings import AdaptationSettings
+from ssae.preprocessing.bias_field import bias_correct
+from ssae.preprocessing.slices import PreparedVolume, prepare_volume
+from ssae.training.slice_cache import PREPROCESSING_VERSION, cached_alignment
 
 ADAPTATIONS = {
     "none": None,

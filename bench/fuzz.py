@@ -576,7 +576,7 @@ def case_info_on_a_device() -> None:
 
 def case_worker_without_stdin() -> None:
     done = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.stdin.close(); sys.stdin = None; from ssae.worker import serve; sys.exit(serve())"],
+        [sys.executable, "-c", "import sys; sys.stdin.close(); sys.stdin = None; from ssae.app.worker import serve; sys.exit(serve())"],
         capture_output=True,
         text=True,
         timeout=60,

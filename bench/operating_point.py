@@ -2,7 +2,7 @@
 
 The map study (bench/quality.py) chose the map; this study chooses how it becomes a mask,
 without labels at detection time, and scores the *mask*: voxel Dice beside the map's oracle
-[DICE], and lesion-wise sensitivity / precision / F1 (ssae.lesion_metrics.RULE), false-positive
+[DICE], and lesion-wise sensitivity / precision / F1 (ssae.scoring.lesion_metrics.RULE), false-positive
 lesions per scan and volumes. Candidates, all on the model card's map after the card's scanner
 adaptation, each with a minimum lesion size of 0, 10, 20 or 40 mm3:
 
@@ -57,13 +57,13 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from devsets import ADAPTATIONS, DevCase, load_cases, residuals_for
 
-from ssae.detection import Detector
-from ssae.input_grid import to_input_grid_many
-from ssae.lesion_metrics import MIN_TRUE_LESION_MM3, RULE, LesionCounts
-from ssae.metrics import best_dice
-from ssae.operating_points import HealthyTail
-from ssae.postprocessing import eroded_brain, score_maps
-from ssae.resources import default_model_path
+from ssae.detection.detector import Detector
+from ssae.io.resources import default_model_path
+from ssae.preprocessing.input_grid import to_input_grid_many
+from ssae.scoring.lesion_metrics import MIN_TRUE_LESION_MM3, RULE, LesionCounts
+from ssae.scoring.metrics import best_dice
+from ssae.scoring.operating_points import HealthyTail
+from ssae.scoring.score_maps import eroded_brain, score_maps
 
 MIN_SIZES = (0.0, 10.0, 20.0, 40.0)
 BUDGETS = (0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03)

@@ -45,18 +45,19 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from devsets import ADAPTATIONS, DevCase, load_cases, residuals_for
 
-from ssae import defaults
-from ssae.baselines import flair_rule_mask, intensity_score, strong_intensity_score
-from ssae.datasets import PREPROCESSING_VERSION, read_case_volumes
-from ssae.detection import Detector
-from ssae.input_grid import to_input_grid_many
-from ssae.lesion_metrics import RULE, LesionCounts, lesion_counts
-from ssae.lesions import label_lesions
-from ssae.metrics import average_precision, best_dice
-from ssae.postprocessing import PostprocessingSettings, combined_maps, eroded_brain, residual_scores, score_maps
-from ssae.preprocessing import prepare_volume
-from ssae.resources import default_model_path
-from ssae.suite import bootstrap_intervals
+from ssae.detection.detector import Detector
+from ssae.evaluation.bootstrap import bootstrap_intervals
+from ssae.io.cases import read_case_volumes
+from ssae.io.resources import default_model_path
+from ssae.preprocessing.input_grid import to_input_grid_many
+from ssae.preprocessing.slices import prepare_volume
+from ssae.scoring.baselines import flair_rule_mask, intensity_score, strong_intensity_score
+from ssae.scoring.lesion_metrics import RULE, LesionCounts, lesion_counts
+from ssae.scoring.lesions import label_lesions
+from ssae.scoring.metrics import average_precision, best_dice
+from ssae.scoring.score_maps import PostprocessingSettings, combined_maps, eroded_brain, residual_scores, score_maps
+from ssae.training import defaults
+from ssae.training.slice_cache import PREPROCESSING_VERSION
 
 RAW, STRONG = "raw FLAIR baseline", "strong FLAIR baseline"
 

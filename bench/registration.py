@@ -19,10 +19,12 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ssae.datasets import find_cases
-from ssae.errors import SSAEError
-from ssae.registration import align_to_atlas, bias_correct, load_atlas, warp_atlas_brain
-from ssae.volume_io import read_mask, read_volume
+from ssae.io.cases import find_cases
+from ssae.io.errors import SSAEError
+from ssae.io.volumes import read_mask, read_volume
+from ssae.preprocessing.atlas import load_atlas, warp_atlas_brain
+from ssae.preprocessing.bias_field import bias_correct
+from ssae.preprocessing.registration import align_to_atlas
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -4,10 +4,11 @@ Loads a shipped sample into a bare MRML scene, runs the shipped model through SS
 exactly as the module does, and renders Slicer's Red slice view (Slicer's own slice logic and
 segmentation displayable manager):
 
-* ``slicer_views.png``: MSLUB patient 19 at the calibrated threshold and after the user lowers
-  the slider, through the slice with the most consensus-lesion voxels;
+* ``slicer_views.png``: MSLUB patient 19 at the three label-free operating points (balanced, the
+  default; sensitive; specific), with what each threshold means on healthy brains, through the
+  slice with the most consensus-lesion voxels;
 * ``clinical_raw.png``: the raw clinical FLAIR (skull, oblique, 4 mm slices) on its own grid
-  with the default score map and mask, at the calibrated threshold, through three slices;
+  with the default score map and mask, at the default operating point and with the slider lowered;
 * ``batch_results.png``: one background batch run over three loaded volumes (both MSLUB
   patients and the raw clinical scan), each volume's own results in its axial view, and the
   cohort table the module shows.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,12 +36,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import SimpleITK as sitk
+from headless_slicer import SliceViewRenderer, headless_scene
 from SSAEAnomalyLib import AnomalyLogic, update_volume_node_from_image
 from SSAEAnomalyLib.logic import show_in_slice_views
-from headless_slicer import SliceViewRenderer, headless_scene
 from SSAEAnomalyLib.volumes import array_from_volume_node
 
-from ssae.resources import default_model_path, sample_case_dir
+from ssae.io.resources import default_model_path, sample_case_dir
 
 
 def main() -> None:
@@ -58,9 +60,8 @@ def main() -> None:
     logic = AnomalyLogic(scene)
     params = logic.parameters
     params.input_volume, params.model_path, params.device = volume, str(default_model_path()), args.device
-    calibrated_rows = logic.detect()
+    logic.detect()
     chosen = params.score_map
-    calibrated = params.threshold_of(chosen)
 
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "consensus_gt.nii.gz")))
     k = int(np.argmax(truth.reshape(truth.shape[0], -1).sum(axis=1)))
@@ -68,29 +69,29 @@ def main() -> None:
 
     panels = []
     with tempfile.TemporaryDirectory() as tmp:
-        panels.append(
-            (
-                renderer.save_png(Path(tmp) / "a.png", offset),
-                f"calibrated threshold {calibrated:.3f}: {calibrated_rows.statistics.count} lesions, {calibrated_rows.statistics.total_ml:.1f} ml",
+        for point in ("balanced", "sensitive", "specific"):
+            rows = logic.apply_operating_point(point)
+            threshold = params.threshold_of(chosen)
+            meaning = logic.threshold_meaning()
+            panels.append(
+                (
+                    renderer.save_png(Path(tmp) / f"{point}.png", offset),
+                    f"{point}{' (default)' if point == 'balanced' else ''}, threshold {threshold:.3f}: "
+                    f"{rows.statistics.count} lesions, {rows.statistics.total_ml:.1f} ml\n" + "\n".join(textwrap.wrap(meaning, 62)),
+                )
             )
-        )
-        lowered = logic.apply_threshold(calibrated * 0.6)
-        panels.append(
-            (
-                renderer.save_png(Path(tmp) / "b.png", offset),
-                f"slider at {calibrated * 0.6:.3f}: {lowered.statistics.count} lesions, {lowered.statistics.total_ml:.1f} ml",
-            )
-        )
-        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5.4))
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 6.0))
         for ax, (path, title) in zip(axes, panels):
             ax.imshow(plt.imread(path))
-            ax.set_title(title, fontsize=9)
+            ax.set_title(title, fontsize=8)
             ax.axis("off")
+        truth_ml = float(truth.sum()) * float(np.prod(image.GetSpacing())) / 1000.0
         fig.suptitle(
-            f"SSAE Anomaly, Slicer's axial view rendered headless: default map ({chosen}) as heat overlay and its segment, after scanner adaptation",
+            f"SSAE Anomaly, Slicer's axial view rendered headless: the {chosen} map as heat overlay and the mask segment at each "
+            f"label-free operating point, after scanner adaptation (consensus lesions: {truth_ml:.1f} ml)",
             fontsize=9,
         )
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 0.95))
         args.output_dir.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.output_dir / "slicer_views.png", dpi=100)
     print(f"wrote {args.output_dir / 'slicer_views.png'}")
@@ -129,7 +130,7 @@ def render_clinical(output: Path, device: str) -> None:
                 ax.axis("off")
         quality = logic.registration or {}
         fig.suptitle(
-            f"Raw clinical FLAIR (skull, oblique, 0.72x0.72x4 mm) on its own grid: {chosen} map (heat) and mask, calibrated threshold (top) "
+            f"Raw clinical FLAIR (skull, oblique, 0.72x0.72x4 mm) on its own grid: {chosen} map (heat) and mask at the default operating point (top) "
             f"and slider lowered (bottom); registration check {'passed' if quality.get('passed') else 'FAILED'}",
             fontsize=9,
         )
@@ -140,7 +141,7 @@ def render_clinical(output: Path, device: str) -> None:
 
 def render_batch(output: Path, device: str) -> None:
     """The batch section's result: every loaded volume with its own maps, and the cohort table."""
-    from ssae.background import wait_for
+    from ssae.app.processes import wait_for
 
     scene, app_logic = headless_scene()
     renderer = SliceViewRenderer(scene, app_logic, 360, 360)

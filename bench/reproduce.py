@@ -20,8 +20,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ssae.postprocessing import PostprocessingSettings
-from ssae.suite import PROFILES, run_suite
+from ssae.evaluation.reproduction import run_suite
+from ssae.evaluation.reproduction_plan import PROFILES
+from ssae.scoring.score_maps import PostprocessingSettings
 
 
 def main() -> None:

@@ -19,11 +19,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ssae.devices import describe_device, resolve_device
-from ssae.losses import level_loss
-from ssae.models import Architecture, build_model, count_parameters
-from ssae.preprocessing import PreprocessingSettings, prepare_volume
-from ssae.volume_io import read_volume
+from ssae.io.volumes import read_volume
+from ssae.models.devices import describe_device, resolve_device
+from ssae.models.losses import level_loss
+from ssae.models.networks import build_model, count_parameters
+from ssae.models.settings import Architecture
+from ssae.preprocessing.slices import PreprocessingSettings, prepare_volume
 
 SAMPLE = Path(__file__).resolve().parent.parent / "Resources" / "SampleData" / "MSLUB" / "patient19" / "flair.nii.gz"
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from ssae.app.cli import main
 
 sys.exit(main())

@@ -2,7 +2,7 @@
 
 Nothing here imports PyTorch into Slicer's process: whether packages are installed is read from
 their metadata, and where the networks run (GPU or CPU) is reported by the engine's own worker
-process (:class:`ssae.background.DetectionWorker`), so a missing or broken PyTorch (or its DLLs
+process (:class:`ssae.app.worker_client.DetectionWorker`), so a missing or broken PyTorch (or its DLLs
 on Windows) can never break the panel, and a later reinstall is not blocked by loaded libraries.
 
 PyTorch comes through the PyTorch extension's ``PyTorchUtils`` when it is installed (it picks

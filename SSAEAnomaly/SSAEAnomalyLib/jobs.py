@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ssae.background import FollowedRun
+from ssae.app.processes import FollowedRun
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ parts are imported where a detection runs in this process.
 
 Detection runs either here (:meth:`AnomalyLogic.detect`, for scripts and tests) or as an
 ``ssae detect`` job in a background worker process (:meth:`AnomalyLogic.start_detection` /
-:meth:`AnomalyLogic.load_detection`, for the GUI). The worker (:class:`ssae.worker`) stays up
+:meth:`AnomalyLogic.load_detection`, for the GUI). The worker (:class:`ssae.app.worker`) stays up
 between jobs with PyTorch, the atlas and the model loaded, so only the first detection of a
 session pays the start-up; if it dies, the next job starts a fresh one. A background job carries its own inputs
 (:mod:`.jobs`): its results are named after, and attached to, the volume it processed, with the
@@ -28,14 +28,16 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
-from ssae.background import DetectionWorker, FollowedRun
-from ssae.card_file import card_thresholds, read_card
-from ssae.card_text import describe_card
-from ssae.errors import SSAEError
-from ssae.lesions import LesionTable, lesion_rows_csv
-from ssae.maps import map_order, map_title
-from ssae.operating_points import HealthyTail, card_mask_rule, healthy_tail, mask_rule, operating_points_from_card
-from ssae.volume_io import atomic_path, check_volume, read_volume, write_text
+from ssae.app.processes import FollowedRun
+from ssae.app.worker_client import DetectionWorker
+from ssae.io.errors import SSAEError
+from ssae.io.model_file import card_thresholds, read_card
+from ssae.io.volumes import check_volume, read_volume
+from ssae.io.writing import atomic_path, write_text
+from ssae.models.card_text import describe_card
+from ssae.scoring.lesions import LesionTable, lesion_rows_csv
+from ssae.scoring.maps import map_order, map_title
+from ssae.scoring.operating_points import HealthyTail, card_mask_rule, healthy_tail, mask_rule, operating_points_from_card
 
 from .jobs import DetectionJob, JobInputs, ScanInput
 from .parameters import AnomalyParameters
@@ -86,7 +88,7 @@ class AnomalyLogic:
     @staticmethod
     def default_model_path() -> str:
         """The model shipped in the extension's Resources folder ('' if there is none)."""
-        from ssae.resources import default_model_path
+        from ssae.io.resources import default_model_path
 
         try:
             return str(default_model_path())
@@ -152,7 +154,7 @@ class AnomalyLogic:
         adapt = self._adapt(card)
         adaptation = None
         if adapt:
-            from ssae.defaults import DEFAULT_ADAPTATION
+            from ssae.training.defaults import DEFAULT_ADAPTATION
 
             adaptation = detector.card.adaptation.settings if detector.card.adaptation else DEFAULT_ADAPTATION
         operating_point = self._job_operating_point(card)
@@ -173,7 +175,7 @@ class AnomalyLogic:
         return lesions
 
     def _detector(self, model_path: str, device: str):
-        from ssae.detection import Detector  # PyTorch is needed from here on
+        from ssae.detection.detector import Detector  # PyTorch is needed from here on
 
         key = (str(Path(model_path).resolve()), device)
         if key not in self._detectors:

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 
 import slicer
 
-from ssae.errors import SSAEError
-from ssae.maps import is_map_name, map_order
-from ssae.operating_points import OPERATING_POINT_NAMES
+from ssae.io.errors import SSAEError
+from ssae.scoring.maps import is_map_name, map_order
+from ssae.scoring.operating_points import OPERATING_POINT_NAMES
 
 MODULE_NAME = "SSAEAnomaly"
 RESULT_VOLUME_ROLE = "resultVolume"  # one reference per map: resultVolume/aggregated, resultVolume/level0, ...
@@ -117,7 +117,7 @@ class AnomalyParameters:
 
     @property
     def score_map(self) -> str:
-        """Which map drives the mask: ``prior``, ``aggregated``, ``level0``, ... (see :mod:`ssae.maps`)."""
+        """Which map drives the mask: ``prior``, ``aggregated``, ``level0``, ... (see :mod:`ssae.scoring.maps`)."""
         return self._get("scoreMap", "")
 
     @score_map.setter

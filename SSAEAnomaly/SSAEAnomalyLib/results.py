@@ -23,8 +23,8 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
-from ssae.lesions import LesionTable, label_lesions, lesion_table
-from ssae.maps import map_title
+from ssae.scoring.lesions import LesionTable, label_lesions, lesion_table
+from ssae.scoring.maps import map_title
 
 from .volumes import array_from_volume_node, image_from_volume_node, update_volume_node_from_array, update_volume_node_from_image
 

@@ -49,7 +49,7 @@ def _sha256(path: Path) -> str:
 def sample_data_sources(resources: Path | None = None) -> list[dict[str, Any]]:
     """Keyword arguments for ``SampleData.SampleDataLogic.registerCustomSampleDataSource``, one
     dict per sample (empty when the extension was installed without its sample data)."""
-    from ssae.resources import resources_dir
+    from ssae.io.resources import resources_dir
 
     folder = (resources or resources_dir()) / "SampleData"
     sources = []

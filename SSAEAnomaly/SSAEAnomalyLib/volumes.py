@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import vtk
 from vtk.util import numpy_support
 
-from ssae.errors import SSAEError
+from ssae.io.errors import SSAEError
 
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
 

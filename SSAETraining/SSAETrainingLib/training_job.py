@@ -2,10 +2,10 @@
 adapt``) -> progress.
 
 The module never trains inside Slicer's process: it starts the command in the background
-(:class:`ssae.background.BackgroundCommand`) and turns the engine's JSON-lines progress events
+(:class:`ssae.app.processes.BackgroundCommand`) and turns the engine's JSON-lines progress events
 into a progress fraction and a status line. Two modes: *train* a new model on healthy scans,
 or *adapt* an existing model to a site's own (unlabelled) scans. The panel's defaults are the
-shipped model's recipe (:mod:`ssae.defaults`).
+shipped model's recipe (:mod:`ssae.training.defaults`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ssae import defaults
-from ssae.background import BackgroundCommand
-from ssae.errors import SSAEError
+from ssae.app.processes import BackgroundCommand
+from ssae.io.errors import SSAEError
+from ssae.models.settings import VARIANTS
+from ssae.training import defaults
 
 MODES = ("train", "adapt")
 
@@ -59,7 +60,7 @@ class TrainingRequest:
             raise SSAEError("model files end with .safetensors")
         if self.brain_masks_folder and not Path(self.brain_masks_folder).is_dir():
             raise SSAEError(f"brain mask folder not found: {self.brain_masks_folder}")
-        if self.variant not in defaults.VARIANTS:
+        if self.variant not in VARIANTS:
             raise SSAEError(f"unknown model type {self.variant!r}")
         if Path(self.output).exists() and not (self.overwrite or self.resume):
             raise SSAEError(f"{self.output} already exists; allow replacing it or choose another file")

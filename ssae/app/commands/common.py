@@ -1,0 +1,71 @@
+"""What several commands share: the device, adaptation and operating-point flags, and how
+commands print numbers, warnings and data-set names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ssae.app.arguments import nonnegative_int, percentile, positive_float, positive_int
+from ssae.scoring.operating_points import OPERATING_POINT_NAMES
+from ssae.training import defaults
+
+MAP_CHOICES = ("prior", "fused", "aggregated", "flair")
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N (default: auto)")
+
+
+def add_adaptation(parser: argparse.ArgumentParser, title: str) -> None:
+    group = parser.add_argument_group(title)
+    default = defaults.DEFAULT_ADAPTATION
+    group.add_argument("--adapt-epochs", type=positive_int, help=f"epochs per level (default: the model card's, {default.epochs})")
+    group.add_argument("--adapt-lr", type=positive_float, help=f"Adam learning rate (default: the model card's, {default.learning_rate:g})")
+    group.add_argument(
+        "--adapt-exclude-percentile",
+        type=percentile,
+        help=f"brain voxels brighter than this percentile of each scan are left out of the loss (default: the model card's, {default.exclude_percentile:g})",
+    )
+    group.add_argument("--adapt-seed", type=nonnegative_int, help="random seed of the adaptation (default: the model card's, 0)")
+
+
+def add_operating_point(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--operating-point",
+        choices=OPERATING_POINT_NAMES,
+        help="the model card's label-free preset that turns the map into a mask, in healthy false-positive budgets (default: the card's, balanced)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=positive_float,
+        help="a threshold in the map's own units instead of the operating point (its minimum lesion size still applies)",
+    )
+
+
+def adaptation_settings(args: argparse.Namespace, base):
+    """The model card's (or the default) adaptation settings with the command line's changes."""
+    from dataclasses import replace
+
+    changes = {
+        "epochs": args.adapt_epochs,
+        "learning_rate": args.adapt_lr,
+        "exclude_percentile": args.adapt_exclude_percentile,
+        "seed": args.adapt_seed,
+    }
+    return replace(base, **{k: v for k, v in changes.items() if v is not None})
+
+
+def dataset_name(source: Path) -> str:
+    """How model cards name a data set: the folder's or manifest's name, never a path."""
+    return source.stem if source.is_file() else source.resolve().name
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def warn(message: str) -> None:
+    print(f"ssae: warning: {message}", file=sys.stderr)
