@@ -46,7 +46,7 @@ from SSAEAnomalyLib.compatibility import unsupported_reason  # noqa: E402 (the e
 
 UNSUPPORTED = unsupported_reason(sys.version_info, (slicer.app.majorVersion, slicer.app.minorVersion))
 if UNSUPPORTED is None:
-    from SSAEAnomalyLib import AnomalyLogic
+    from SSAEAnomalyLib import AnomalyLogic, ComparisonJob
     from SSAEAnomalyLib.dependencies import ensure_engine_dependencies, missing_packages, packages_summary
     from SSAEAnomalyLib.results import TERMINOLOGY_FILE
     from SSAEAnomalyLib.sample_data import sample_data_sources
@@ -149,6 +149,7 @@ class SSAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.hide()
         self.ui.lesionTableView.setMRMLScene(slicer.mrmlScene)
         self.ui.cohortTableView.setMRMLScene(slicer.mrmlScene)
+        self.ui.changeTableView.setMRMLScene(slicer.mrmlScene)
 
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
         self.ui.brainMaskSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
@@ -169,6 +170,9 @@ class SSAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportTableButton.connect("clicked(bool)", self.onExportTable)
         self.ui.batchVolumesButton.connect("clicked(bool)", self.onBatchVolumes)
         self.ui.batchFolderButton.connect("clicked(bool)", self.onBatchFolder)
+        self.ui.priorVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateGUIFromParameterNode)
+        self.ui.compareButton.connect("clicked(bool)", self.onCompare)
+        self.ui.comparePairsButton.connect("clicked(bool)", self.onComparePairs)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndClose)
@@ -264,12 +268,16 @@ class SSAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.defaultModelButton,
                 self.ui.deviceComboBox,
                 self.ui.adaptComboBox,
+                self.ui.priorVolumeSelector,
             ):
                 widget.enabled = not running  # a running job's inputs are locked
             summary, model_ok = self._modelSummary(params.model_path)
             self.ui.modelCardLabel.text = summary
             self.ui.detectButton.enabled = params.input_volume is not None and model_ok and not running
             self.ui.batchVolumesButton.enabled = self.ui.batchFolderButton.enabled = model_ok and not running
+            prior = self.ui.priorVolumeSelector.currentNode()
+            self.ui.compareButton.enabled = bool(params.input_volume is not None and prior is not None and model_ok and not running)
+            self.ui.comparePairsButton.enabled = model_ok and not running
             maps = params.result_maps()
             self.ui.maskCollapsibleButton.enabled = bool(maps)
             with self._quiet(self.ui.scoreMapComboBox) as combo:
@@ -390,6 +398,17 @@ class SSAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         folder, output = self.ui.batchFolderLineEdit.currentPath, self.ui.batchOutputLineEdit.currentPath
         self._startJob(lambda: self.logic.start_batch_detection(folder=folder, output_folder=output or None, python=self._python()))
 
+    def onCompare(self):
+        prior = self.ui.priorVolumeSelector.currentNode()
+        self._startJob(lambda: self.logic.followup.start(prior, python=self._python()))
+
+    def onComparePairs(self):
+        source, output = self.ui.pairsPathLineEdit.currentPath, self.ui.pairsOutputLineEdit.currentPath
+        if not source or not output:
+            slicer.util.errorDisplay("Choose the folder of pairs and a folder for the results.")
+            return
+        self._startJob(lambda: self.logic.followup.start_pairs(source, output, python=self._python()))
+
     def onPollJob(self):
         job = self.job
         if job is None:
@@ -425,6 +444,8 @@ class SSAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _loadJob(self, job):
         """Results into the scene, bound to the job's own inputs; returns the status line."""
+        if isinstance(job, ComparisonJob):
+            return self._loadComparison(job)
         if job.cohort:
             rows = self.logic.load_batch(job)
             failed = [row["case"] for row in rows if row["status"] != "ok"]
@@ -438,6 +459,28 @@ class SSAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return (
             f"{job.input_name}: {lesions.statistics.count} lesion(s), {lesions.statistics.total_ml:.2f} ml." + self._registrationWarnings()
         )
+
+    def _loadComparison(self, job):
+        if job.cohort:
+            rows = self.logic.followup.load_pairs(job)
+            failed = [row["pair"] for row in rows if row["status"] != "ok"]
+            return (
+                f"Pairs done: {len(rows) - len(failed)} of {len(rows)}."
+                + (f" Failed: {', '.join(failed)}." if failed else "")
+                + f" Results: {job.output}."
+            )
+        nodes = self.logic.followup.load(job)
+        self.ui.changeTableView.setMRMLTableNode(nodes.table)
+        counts = nodes.summary
+        text = (
+            f"{job.input_name}: {counts['new']} new, {counts['enlarging']} enlarging, {counts['shrinking']} shrinking, "
+            f"{counts['resolved']} resolved lesion(s)."
+        )
+        self.ui.compareSummaryLabel.text = text
+        if counts.get("warnings"):
+            slicer.util.warningDisplay("\n".join(counts["warnings"]), "SSAE Anomaly")
+            text += " " + " ".join(counts["warnings"])
+        return text
 
     def _registrationWarnings(self):
         report = self.logic.registration

@@ -83,7 +83,7 @@ def test_sample_data_sources_point_at_the_shipped_files_with_their_checksums():
     from SSAEAnomalyLib.sample_data import sample_data_sources
 
     sources = sample_data_sources()
-    assert [s["sampleName"] for s in sources] == ["SSAE MSLUB patient 19", "SSAE MSLUB patient 7", "SSAE raw clinical FLAIR"]
+    assert [s["sampleName"] for s in sources] == ["SSAE MSLUB patient 19", "SSAE MSLUB patient 7", "SSAE raw clinical FLAIR", "SSAE follow-up pair"]
     for source in sources:
         lengths = {len(source[k]) for k in ("uris", "fileNames", "nodeNames", "loadFileTypes", "checksums")}
         assert len(lengths) == 1

@@ -220,7 +220,7 @@ def test_a_failure_while_replacing_results_restores_the_old_ones(tmp_path, monke
 
     monkeypatch.setattr(detection_files.os, "replace", failing_replace)
     with pytest.raises(SSAEError, match="disk is full"):
-        detection_files._move_into_place(staged, final, overwrite=True)
+        detection_files.move_into_place(staged, final, overwrite=True)
     assert {name: p.read_text(encoding="utf-8") for name, p in final.items()} == {"a": "old", "b": "old", "c": "old"}
 
 
@@ -345,5 +345,5 @@ def test_a_result_that_appears_meanwhile_is_never_clobbered(tmp_path):
         path.write_text("mine", encoding="utf-8")
     final["b"].write_text("the other run's", encoding="utf-8")  # written after this run checked
     with pytest.raises(SSAEError, match="appeared while this run was writing"):
-        detection_files._move_into_place(staged, final, overwrite=False)
+        detection_files.move_into_place(staged, final, overwrite=False)
     assert not final["a"].exists() and final["b"].read_text(encoding="utf-8") == "the other run's"

@@ -136,7 +136,7 @@ def test_the_anomaly_panel_sets_up_on_slicer_contracts(session, tiny_model):
     assert not widget.ui.detectButton.enabled and widget.ui.batchVolumesButton.enabled
     assert widget.ui.deviceLabel.text.startswith("PyTorch ") and "installed" in widget.ui.deviceLabel.text
     sources = slicer.modules.sampleDataSources["SSAE (brain FLAIR anomalies)"]
-    assert [s.sampleName for s in sources] == ["SSAE MSLUB patient 19", "SSAE MSLUB patient 7", "SSAE raw clinical FLAIR"]
+    assert [s.sampleName for s in sources] == ["SSAE MSLUB patient 19", "SSAE MSLUB patient 7", "SSAE raw clinical FLAIR", "SSAE follow-up pair"]
     for source in sources:
         assert all(Path(uri[len("file://") :]).is_file() for uri in source.uris)
         assert all(
@@ -313,6 +313,29 @@ def test_batch_over_ticked_volumes_loads_each_result_and_the_cohort_table(sessio
     widget.timer._fire()
     assert widget.ui.statusLabel.text.startswith("Batch done: 2 of 2")
     assert widget.ui.cohortTableView.mrmlTableNode().GetTable().GetNumberOfRows() == 2
+
+
+def test_compare_with_a_prior_scan_runs_from_the_panel_and_shows_the_changes(session, monkeypatch, small_cases, tiny_model):
+    harness, widget = _anomaly_panel(session, tiny_model)
+    prior = _volume(session.scene, small_cases / "patient19" / "flair.nii.gz", "FLAIR 2019")
+    followup = _volume(session.scene, small_cases / "patient19" / "flair.nii.gz", "FLAIR 2020")
+    widget.ui.deviceComboBox.currentIndex = widget.ui.deviceComboBox.findText("cpu")
+    widget.ui.adaptComboBox.currentIndex = widget.ui.adaptComboBox.findData("off")
+    widget.ui.inputVolumeSelector.setCurrentNode(followup)
+    assert not widget.ui.compareButton.enabled  # no prior scan yet
+    widget.ui.priorVolumeSelector.setCurrentNode(prior)
+    assert widget.ui.compareButton.enabled
+    submitted = _run_jobs_in_process(monkeypatch, widget.logic)
+    widget.ui.compareButton.click()
+    assert not widget.ui.priorVolumeSelector.enabled  # locked while the job runs
+    widget.timer._fire()
+    args = submitted[0]
+    assert args[0] == "compare" and "--no-adapt" in args and args[args.index("--device") + 1] == "cpu"
+    assert widget.job is None and widget.ui.priorVolumeSelector.enabled
+    assert widget.ui.statusLabel.text.startswith("FLAIR 2020 vs FLAIR 2019: 0 new, 0 enlarging")  # the same scan twice
+    table = widget.ui.changeTableView.mrmlTableNode()
+    assert table is not None and table.GetName().startswith("FLAIR 2020 lesion changes")
+    assert widget.ui.compareSummaryLabel.text == widget.ui.statusLabel.text
 
 
 def test_an_older_slicer_shows_a_message_instead_of_a_traceback(monkeypatch):

@@ -524,7 +524,11 @@ def case_unwritable_cache() -> None:
     blocked = WORK / "cache"
     blocked.write_text("not a folder", encoding="utf-8")
     expect_error(run(["adapt", MODEL, TRAIN_FOLDER, "-o", WORK / "a.safetensors", "--cache-dir", blocked]), "is a file", 30)
-    expect_error(run(["adapt", MODEL, TRAIN_FOLDER, "-o", WORK / "a.safetensors"], env={**os.environ, "SSAE_CACHE_DIR": str(blocked)}), "is a file", 30)
+    expect_error(
+        run(["adapt", MODEL, TRAIN_FOLDER, "-o", WORK / "a.safetensors"], env={**os.environ, "SSAE_CACHE_DIR": str(blocked)}),
+        "is a file",
+        30,
+    )
 
 
 def case_label_on_wrong_grid_second_case() -> None:
@@ -583,6 +587,51 @@ def case_worker_without_stdin() -> None:
         cwd=WORK,
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-300:]
+
+
+# -- compare (follow-up reading) -----------------------------------------------------------------
+
+PRIOR = REPOSITORY / "Resources" / "SampleData" / "ClinicalRaw" / "patient01_study1_FLAIR.nii.gz"
+FOLLOWUP = REPOSITORY / "Resources" / "SampleData" / "ClinicalRaw" / "patient01_study2_FLAIR.nii.gz"
+
+
+def case_compare_bad_pairs() -> None:
+    image, array = flair_array()
+    flat = write_like(image, array[40], WORK / "slice.nii.gz")
+    expect_error(run(["compare", MODEL, PRIOR, flat, "-o", WORK / "o"]), "3D", 10)
+    expect_error(run(["compare", MODEL, PRIOR, PRIOR, "-o", WORK / "o"]), "same file", 10)
+    expect_error(run(["compare", MODEL, PRIOR, WORK / "nope.nii.gz", "-o", WORK / "o"]), "not found", 10)
+    expect_error(run(["compare", MODEL, PRIOR, FOLLOWUP, "--change-z", "nan"]), "--change-z", 10)
+    assert not final_files(WORK / "o")
+
+
+def case_compare_two_patients() -> None:
+    out = WORK / "o"
+    outcome = run(["compare", MODEL, FLAIR, FOLLOWUP, "-o", out, "--no-adapt"])
+    assert outcome.code == 0, outcome.err[-500:]
+    assert "one patient" in outcome.err and "ssae: warning:" in outcome.err, outcome.err[-500:]
+    summary = json.loads(next(out.glob("*_change_summary.json")).read_text(encoding="utf-8"))
+    assert summary["registration"]["passed"] is False
+    complete_set_of(summary)
+
+
+def case_compare_interrupted() -> None:
+    out = WORK / "o"
+    process = subprocess.Popen(SSAE + ["compare", str(MODEL), str(PRIOR), str(FOLLOWUP), "-o", str(out), "--no-adapt"], cwd=WORK)
+    time.sleep(6)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 130
+    assert not final_files(out), final_files(out)
+    outcome = run(["compare", MODEL, PRIOR, FOLLOWUP, "-o", out, "--no-adapt"])
+    assert outcome.code == 0, outcome.err[-500:]
+    complete_set_of(json.loads(next(out.glob("*_change_summary.json")).read_text(encoding="utf-8")))
+
+
+def complete_set_of(summary: dict) -> None:
+    for name, path in summary["files"].items():
+        assert Path(path).is_file(), f"{name} missing"
+        if path.endswith((".nii.gz", ".nrrd")):
+            sitk.ReadImage(path)
 
 
 CASES: dict[str, Callable[[], None]] = {
@@ -655,6 +704,9 @@ CASES: dict[str, Callable[[], None]] = {
     "--progress-log in a missing folder / a folder": case_progress_log_unusable,
     "info on /dev/zero": case_info_on_a_device,
     "worker with stdin closed": case_worker_without_stdin,
+    "compare: a 2D follow-up, the same file twice, a missing file, --change-z nan": case_compare_bad_pairs,
+    "compare: two different patients": case_compare_two_patients,
+    "compare: Ctrl-C, then the next run": case_compare_interrupted,
 }
 
 WORK = Path()

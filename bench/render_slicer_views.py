@@ -9,6 +9,9 @@ segmentation displayable manager):
   slice with the most consensus-lesion voxels;
 * ``clinical_raw.png``: the raw clinical FLAIR (skull, oblique, 4 mm slices) on its own grid
   with the default score map and mask, at the default operating point and with the slider lowered;
+* ``followup.png``: *Compare with a prior scan* on the shipped follow-up pair (raw clinical
+  FLAIRs of one MS patient, months apart): the prior scan on the follow-up's grid, the
+  follow-up, and the follow-up with the change segments, through the slice with most change;
 * ``batch_results.png``: one background batch run over three loaded volumes (both MSLUB
   patients and the raw clinical scan), each volume's own results in its axial view, and the
   cohort table the module shows.
@@ -36,6 +39,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import SimpleITK as sitk
+import vtk
 from headless_slicer import SliceViewRenderer, headless_scene
 from SSAEAnomalyLib import AnomalyLogic, update_volume_node_from_image
 from SSAEAnomalyLib.logic import show_in_slice_views
@@ -97,6 +101,7 @@ def main() -> None:
     print(f"wrote {args.output_dir / 'slicer_views.png'}")
     render_clinical(args.output_dir / "clinical_raw.png", args.device)
     render_batch(args.output_dir / "batch_results.png", args.device)
+    render_followup(args.output_dir / "followup.png", args.device)
 
 
 def render_clinical(output: Path, device: str) -> None:
@@ -206,3 +211,79 @@ def render_batch(output: Path, device: str) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def render_followup(output: Path, device: str) -> None:
+    """The follow-up reading as Slicer draws it: prior (on the follow-up grid), follow-up, changes."""
+    from ssae.app.processes import wait_for
+
+    scene, app_logic = headless_scene()
+    renderer = SliceViewRenderer(scene, app_logic, 420, 420)
+    raw = REPO / "Resources" / "SampleData" / "ClinicalRaw"
+    volumes = {}
+    for key, name in (("study1", "FLAIR 1 (prior)"), ("study2", "FLAIR 2 (follow-up)")):
+        image = sitk.ReadImage(str(raw / f"patient01_{key}_FLAIR.nii.gz"))
+        volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        update_volume_node_from_image(volume, image)
+        volume.CreateDefaultDisplayNodes()
+        volumes[key] = (volume, image)
+    logic = AnomalyLogic(scene)
+    params = logic.parameters
+    params.input_volume, params.model_path, params.device = volumes["study2"][0], str(default_model_path()), device
+    try:
+        job = logic.followup.start(volumes["study1"][0])
+        if wait_for(job.command, timeout_s=900) != 0:
+            raise SystemExit("\n".join(job.command.new_lines()))
+        nodes = logic.followup.load(job)
+    finally:
+        logic.close_worker(kill=True)
+    followup, image = volumes["study2"]
+    segmentation = nodes.segmentation
+    changed = np.zeros(array_from_volume_node(followup).shape, dtype=bool)
+    for segment_id in ("SSAE_change_1", "SSAE_change_2"):
+        changed |= slicer_segment_array(segmentation, segment_id, followup)
+    k = int(np.argmax(changed.reshape(changed.shape[0], -1).sum(axis=1)))
+    centre = [s / 2 for s in image.GetSize()]
+    offset = image.TransformContinuousIndexToPhysicalPoint((centre[0], centre[1], k))[2]
+    composite = scene.GetNodesByClass("vtkMRMLSliceCompositeNode").GetItemAsObject(0)
+    display = segmentation.GetDisplayNode()
+    panels = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for title, opacity, show in (
+            (f"prior scan on the follow-up's grid ({nodes.baseline.GetName()})", 1.0, False),
+            (f"follow-up ({followup.GetName()})", 0.0, False),
+            ("follow-up with the changes: red new or enlarging, blue shrinking or resolved", 0.0, True),
+        ):
+            composite.SetForegroundOpacity(opacity)
+            display.SetVisibility(show)
+            panels.append((renderer.save_png(Path(tmp) / f"{len(panels)}.png", offset), title))
+        fig, axes = plt.subplots(1, 3, figsize=(15, 5.6))
+        for ax, (path, title) in zip(axes, panels):
+            ax.imshow(plt.imread(path))
+            ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=9)
+            ax.axis("off")
+        s = nodes.summary
+        fig.suptitle(
+            f"SSAE Anomaly, Compare with a prior scan (Slicer's axial view, headless), acquired slice {k}: {s['new']} new, "
+            f"{s['enlarging']} enlarging, {s['shrinking']} shrinking, {s['resolved']} resolved lesion(s); registration correlation "
+            f"{s['registration']['correlation']:.2f}",
+            fontsize=9,
+        )
+        fig.tight_layout(rect=(0, 0, 1, 0.95))
+        fig.savefig(output, dpi=100)
+    print(f"wrote {output}")
+
+
+def slicer_segment_array(segmentation_node, segment_id: str, reference) -> np.ndarray:
+    """A segment as a boolean array on ``reference``'s grid ([z, y, x])."""
+    import slicer
+
+    labelmap = slicer.vtkMRMLLabelMapVolumeNode()
+    labelmap.CopyOrientation(reference)
+    segmentation_node.GetScene().AddNode(labelmap)
+    ids = vtk.vtkStringArray()
+    ids.InsertNextValue(segment_id)
+    slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(segmentation_node, ids, labelmap, reference)
+    values = array_from_volume_node(labelmap) > 0
+    segmentation_node.GetScene().RemoveNode(labelmap)
+    return values

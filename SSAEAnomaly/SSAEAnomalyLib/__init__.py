@@ -4,6 +4,7 @@ Nothing here imports PyTorch: a factory Slicer shows the module's panel (and its
 install the engine's packages) before PyTorch exists.
 """
 
+from .followup import ComparisonJob, FollowupLogic
 from .jobs import DetectionJob, JobInputs, ScanInput
 from .logic import AnomalyLogic, show_in_slice_views
 from .parameters import AnomalyParameters
@@ -12,7 +13,9 @@ from .volumes import image_from_volume_node, update_volume_node_from_image
 __all__ = [
     "AnomalyLogic",
     "AnomalyParameters",
+    "ComparisonJob",
     "DetectionJob",
+    "FollowupLogic",
     "JobInputs",
     "ScanInput",
     "image_from_volume_node",

@@ -39,6 +39,7 @@ from ssae.scoring.lesions import LesionTable, lesion_rows_csv
 from ssae.scoring.maps import map_order, map_title
 from ssae.scoring.operating_points import HealthyTail, card_mask_rule, healthy_tail, mask_rule, operating_points_from_card
 
+from .followup import FollowupLogic
 from .jobs import DetectionJob, JobInputs, ScanInput
 from .parameters import AnomalyParameters
 from .results import (
@@ -79,6 +80,7 @@ class AnomalyLogic:
         self._card_cache: dict[tuple[str, float], dict] = {}
         self.registration: dict | None = None  # quality report of the last atlas registration, if any
         self.worker: DetectionWorker | None = None  # runs the background jobs (see the module doc)
+        self.followup = FollowupLogic(self)  # comparisons with a prior scan (.followup)
 
     @property
     def parameters(self) -> AnomalyParameters:

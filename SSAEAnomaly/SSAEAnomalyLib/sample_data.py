@@ -39,6 +39,13 @@ SAMPLES = (
         ("VolumeFile",),
         "SSAESampleClinical.png",
     ),
+    (
+        "SSAE follow-up pair",
+        ("ClinicalRaw/patient01_study1_FLAIR.nii.gz", "ClinicalRaw/patient01_study2_FLAIR.nii.gz"),
+        ("clinical patient01 FLAIR (prior)", "clinical patient01 FLAIR (follow-up)"),
+        ("VolumeFile", "VolumeFile"),
+        "SSAESampleClinical.png",
+    ),
 )
 
 

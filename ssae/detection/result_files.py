@@ -112,13 +112,13 @@ def write_detection(
         files = {name: str(path) for name, path in paths.items()}
         files["score"] = str(paths[result.score_map])
         write_text(json_text({**summary, "files": files}), staged["summary"])
-        _move_into_place(staged, paths, overwrite)
+        move_into_place(staged, paths, overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return paths
 
 
-def _move_into_place(staged: dict[str, Path], final: dict[str, Path], overwrite: bool) -> None:
+def move_into_place(staged: dict[str, Path], final: dict[str, Path], overwrite: bool) -> None:
     """Rename every staged file to its final name; on any failure, put everything back as it was.
 
     Files being replaced (``overwrite``) are first moved aside into the staging folder, so a

@@ -54,7 +54,7 @@ class Case:
     label: Path | None = None
 
 
-def _is_volume(path: Path) -> bool:
+def is_volume_file(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
 
 
@@ -66,7 +66,7 @@ def is_dicom_folder(path: Path) -> bool:
     files = sorted(p for p in path.iterdir() if p.is_file())
     if any(p.suffix.lower() == ".dcm" for p in files):
         return True
-    if any(_is_volume(p) for p in files):
+    if any(is_volume_file(p) for p in files):
         return False
     return any(_has_dicom_marker(p) for p in files[:5])
 
@@ -114,7 +114,7 @@ def _case_from_folder(folder: Path) -> Case | None:
         return None
     if is_dicom_folder(folder):
         return Case(name=safe_case_name(folder.name), image=folder)
-    files = sorted(p for p in folder.iterdir() if _is_volume(p))
+    files = sorted(p for p in folder.iterdir() if is_volume_file(p))
     by_role: dict[str, list[Path]] = {"image": [], "brain_mask": [], "label": []}
     for path in files:
         by_role[_role(path.name)].append(path)
@@ -163,7 +163,7 @@ def _belongs_to(prefix: str, name: str) -> bool:
 
 
 def _cases_from_flat_folder(folder: Path) -> list[Case]:
-    files = sorted(p for p in folder.iterdir() if _is_volume(p))
+    files = sorted(p for p in folder.iterdir() if is_volume_file(p))
     images = [p for p in files if _role(p.name) == "image"]
     cases = []
     for image in images:
@@ -268,7 +268,7 @@ def _with_external_mask(case: Case, folder: Path) -> Case:
     if not folder.is_dir():
         raise SSAEError(f"brain mask folder not found: {folder}")
     candidates = [p for p in sorted(folder.iterdir()) if _belongs_to(case.name.lower(), volume_stem(p) if p.is_file() else p.name)]
-    masks = [p for p in candidates if _is_volume(p)] + [m for p in candidates if p.is_dir() for m in sorted(p.iterdir()) if _is_volume(m)]
+    masks = [p for p in candidates if is_volume_file(p)] + [m for p in candidates if p.is_dir() for m in sorted(p.iterdir()) if is_volume_file(m)]
     if not masks:
         raise SSAEError(f"no brain mask for {case.name} in {folder}")
     if len(masks) > 1:

@@ -4,6 +4,6 @@ and binds its ``run(args)``; ``run`` returns an exit code or None (success) and 
 ``ssae --help`` and of docs/command-line.md.
 """
 
-from ssae.app.commands import adapt, calibrate, demo, detect, evaluate, info, preprocess, train
+from ssae.app.commands import adapt, calibrate, compare, demo, detect, evaluate, info, preprocess, train
 
-COMMANDS = (train, adapt, calibrate, detect, evaluate, preprocess, info, demo)
+COMMANDS = (train, adapt, calibrate, detect, compare, evaluate, preprocess, info, demo)

@@ -69,3 +69,18 @@ def fmt(value: float | None) -> str:
 
 def warn(message: str) -> None:
     print(f"ssae: warning: {message}", file=sys.stderr)
+
+
+def requested_adaptation(args: argparse.Namespace, detector):
+    """The adaptation a detection runs with: ``--adapt`` / ``--no-adapt`` or the model card's
+    recommendation, with the card's settings changed by the ``--adapt-*`` flags (None: none)."""
+    from ssae.io.errors import SSAEError
+
+    if args.adapt is False and any(
+        v is not None for v in (args.adapt_epochs, args.adapt_lr, args.adapt_exclude_percentile, args.adapt_seed)
+    ):
+        raise SSAEError("the --adapt-* settings need adaptation; drop --no-adapt")
+    card_default = detector.default_adaptation()
+    wanted = args.adapt if args.adapt is not None else card_default is not None
+    base = card_default or (detector.card.adaptation.settings if detector.card.adaptation else defaults.DEFAULT_ADAPTATION)
+    return adaptation_settings(args, base) if wanted else None

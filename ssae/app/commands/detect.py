@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 from ssae.app.arguments import positive_int, progress_log_path
-from ssae.app.commands.common import MAP_CHOICES, adaptation_settings, add_adaptation, add_device, add_operating_point, warn
+from ssae.app.commands.common import MAP_CHOICES, add_adaptation, add_device, add_operating_point, requested_adaptation, warn
 from ssae.io.errors import SSAEError
-from ssae.training import defaults
 
 
 def add_parser(subcommands: argparse._SubParsersAction) -> None:
@@ -61,14 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from ssae.detection.detector import cached_detector
 
     detector = cached_detector(args.model, args.device, args.batch_size)
-    if args.adapt is False and any(
-        v is not None for v in (args.adapt_epochs, args.adapt_lr, args.adapt_exclude_percentile, args.adapt_seed)
-    ):
-        raise SSAEError("the --adapt-* settings need adaptation; drop --no-adapt")
-    card_default = detector.default_adaptation()
-    wanted = args.adapt if args.adapt is not None else card_default is not None
-    base = card_default or (detector.card.adaptation.settings if detector.card.adaptation else defaults.DEFAULT_ADAPTATION)
-    adaptation = adaptation_settings(args, base) if wanted else None
+    adaptation = requested_adaptation(args, detector)
     options = {
         "scales": not args.no_scales,
         "score_map": args.score_map,
