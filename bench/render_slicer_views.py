@@ -42,7 +42,7 @@ import SimpleITK as sitk
 import vtk
 from headless_slicer import SliceViewRenderer, headless_scene
 from SSAEAnomalyLib import AnomalyLogic, update_volume_node_from_image
-from SSAEAnomalyLib.logic import show_in_slice_views
+from SSAEAnomalyLib.scene_results import show_in_slice_views
 from SSAEAnomalyLib.volumes import array_from_volume_node
 
 from ssae.io.resources import default_model_path, sample_case_dir
