@@ -104,12 +104,15 @@ def test_shipped_model_card_names_its_training_data_without_a_path():
 def test_both_modules_set_up_their_panels_without_pytorch(tmp_path):
     """A factory Slicer has no PyTorch: both panels must set up (on Slicer's contracts, the
     widget double of Testing/slicer_double) and say that it will be installed when needed,
-    without importing it. PyTorch and safetensors are made unimportable."""
+    without importing it. PyTorch and every package the module's installer offers (safetensors,
+    SciPy, matplotlib) are made unimportable."""
     script = textwrap.dedent(
         f"""
         import sys
         sys.modules["torch"] = None            # "import torch" raises ImportError
         sys.modules["safetensors"] = None
+        sys.modules["scipy"] = None
+        sys.modules["matplotlib"] = None
         sys.path[:0] = [{str(REPO)!r}, {str(REPO / "Testing")!r}]
         from pathlib import Path
         import pytest

@@ -24,6 +24,9 @@ The rule, and the reason for each part:
 * **Size.** Connected changes (26-connected, per direction) smaller than ``min_change_mm3`` are
   dropped: below about 3 mm across a change cannot be read reliably on 3-4 mm slices.
 
+SciPy is imported where the rule runs: the Slicer panel reads this module's labels, statuses and
+table columns in Slicer's own process, before the engine's packages are installed.
+
 The defaults were chosen leave-one-pair-out on the two development pairs (`bench/followup.py`,
 report/followup.md) among rules that differ only in these reasoned parts.
 """
@@ -36,7 +39,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from ssae.io.errors import SSAEError
 
@@ -101,6 +103,8 @@ def brain_normalised(values: np.ndarray, brain: np.ndarray) -> np.ndarray:
 
 
 def _smooth_inside(values: np.ndarray, inside: np.ndarray, sigma_mm: float, spacing_xyz: tuple[float, ...]) -> np.ndarray:
+    from scipy import ndimage
+
     sigma = [sigma_mm / s for s in spacing_xyz[::-1]]
     weight = inside.astype(np.float32)
     numerator = ndimage.gaussian_filter(values * weight, sigma)
@@ -113,6 +117,8 @@ def change_evidence(
 ) -> ChangeEvidence:
     """The rule applied to brain-normalised arrays on one grid (``brain``: where both scans are
     brain and in view)."""
+    from scipy import ndimage
+
     if followup.shape != baseline.shape or followup.shape != brain.shape:
         raise SSAEError("the follow-up, the baseline and the brain mask must be on one grid")
     if brain.sum() < 1000:
@@ -135,6 +141,8 @@ def change_evidence(
 
 
 def _without_small(mask: np.ndarray, min_voxels: int) -> np.ndarray:
+    from scipy import ndimage
+
     if min_voxels <= 1 or not mask.any():
         return mask
     labels, count = ndimage.label(mask, structure=_CONNECTED)
@@ -198,6 +206,8 @@ def lesion_changes(
     larger of its increase and decrease: *new* (nothing there before), *enlarging*, *shrinking*,
     *resolved* (nothing left), else *stable*.
     """
+    from scipy import ndimage
+
     increase, decrease = labels == 1, labels == 2
     now = followup_lesions | increase
     before = baseline_lesions | decrease
