@@ -7,8 +7,8 @@ install the engine's packages) before PyTorch exists.
 from .followup import ComparisonJob, FollowupLogic
 from .jobs import DetectionJob, JobInputs, ScanInput
 from .logic import AnomalyLogic
-from .scene_results import show_in_slice_views
 from .parameters import AnomalyParameters
+from .scene_results import show_in_slice_views
 from .volumes import image_from_volume_node, update_volume_node_from_image
 
 __all__ = [

@@ -11,11 +11,11 @@ import tempfile
 from pathlib import Path
 
 import SimpleITK as sitk
-import vtk
 
 from ssae.io.errors import SSAEError
 
 from .jobs import DetectionJob, JobInputs, ScanInput
+from .results import fill_string_table
 
 
 class BatchDetection:
@@ -109,15 +109,5 @@ class BatchDetection:
             "warnings",
             "error",
         ]
-        table = node.GetTable()
-        for column in columns:
-            array = vtk.vtkStringArray()
-            array.SetName(column)
-            table.AddColumn(array)
-        for row in rows:
-            values = {**row, "volume": names.get(row["case"], row.get("image", ""))}
-            table.InsertNextBlankRow()
-            for index, column in enumerate(columns):
-                table.SetValue(table.GetNumberOfRows() - 1, index, vtk.vtkVariant(str(values.get(column, ""))))
-        node.Modified()
+        fill_string_table(node, columns, [{**row, "volume": names.get(row["case"], row.get("image", ""))} for row in rows])
         return node

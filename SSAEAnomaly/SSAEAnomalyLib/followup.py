@@ -29,14 +29,13 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 import slicer
-import vtk
 
 from ssae.app.processes import FollowedRun
 from ssae.io.errors import SSAEError
 from ssae.io.volumes import read_volume
-from ssae.scoring.change import CHANGE_LABELS
+from ssae.scoring.change import CHANGE_COLUMNS, CHANGE_LABELS, STATUSES
 
-from .results import add_lesion_segmentation, place_under_input_study
+from .results import add_lesion_segmentation, fill_string_table, place_under_input_study
 from .volumes import update_volume_node_from_array, update_volume_node_from_image
 
 CHANGE_COLORS = {1: (0.90, 0.10, 0.10), 2: (0.15, 0.45, 1.00)}
@@ -164,7 +163,7 @@ class FollowupLogic:
             with table.open(newline="", encoding="utf-8") as handle:
                 rows = list(csv.DictReader(handle))
             node = self.logic.scene.AddNewNodeByClass("vtkMRMLTableNode", self.logic.scene.GenerateUniqueName("SSAE comparisons"))
-            _fill_string_table(node, PAIR_TABLE_COLUMNS, rows)
+            fill_string_table(node, PAIR_TABLE_COLUMNS, rows)
             return rows
         finally:
             job.cleanup()
@@ -197,19 +196,8 @@ class FollowupLogic:
         table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{name} lesion changes"))
         with (folder / f"{stem}_changes.csv").open(newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
-        columns = (
-            "lesion",
-            "status",
-            "baseline_ml",
-            "followup_ml",
-            "increase_ml",
-            "decrease_ml",
-            "centroid_r_mm",
-            "centroid_a_mm",
-            "centroid_s_mm",
-        )
-        _fill_string_table(table, columns, rows)
-        for key in ("new", "enlarging", "shrinking", "resolved", "stable"):
+        fill_string_table(table, CHANGE_COLUMNS, rows)
+        for key in STATUSES:
             table.SetAttribute(f"SSAE.{key}", str(summary.get(key, 0)))
         place_under_input_study(
             scene, followup, [segmentation, change_node, baseline_node, table], f"{name} SSAE changes since {inputs.baseline_name}"
@@ -235,19 +223,6 @@ def _set_change_segments(segmentation_node, reference, labels: np.ndarray) -> No
         slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
             oriented, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
         )
-
-
-def _fill_string_table(node, columns: tuple[str, ...], rows: list[dict[str, str]]) -> None:
-    table = node.GetTable()
-    for column in columns:
-        array = vtk.vtkStringArray()
-        array.SetName(column)
-        table.AddColumn(array)
-    for row in rows:
-        table.InsertNextBlankRow()
-        for index, column in enumerate(columns):
-            table.SetValue(table.GetNumberOfRows() - 1, index, vtk.vtkVariant(str(row.get(column, ""))))
-    node.Modified()
 
 
 def _read_summary(path: Path) -> dict[str, Any]:

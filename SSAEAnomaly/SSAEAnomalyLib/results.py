@@ -184,3 +184,18 @@ def move_into_folder(scene, node, folder: int) -> None:
         hierarchy.SetItemParent(item, folder)
     else:  # outside the application nothing creates items for new nodes: do it here
         hierarchy.CreateItem(folder, node)
+
+
+def fill_string_table(node, columns: list[str] | tuple[str, ...], rows: list[dict[str, str]]) -> None:
+    """A table node with one text column per name of ``columns`` and one row per dict of ``rows``
+    (missing cells empty): how the module shows the engine's CSV tables."""
+    table = node.GetTable()
+    for column in columns:
+        array = vtk.vtkStringArray()
+        array.SetName(column)
+        table.AddColumn(array)
+    for row in rows:
+        table.InsertNextBlankRow()
+        for index, column in enumerate(columns):
+            table.SetValue(table.GetNumberOfRows() - 1, index, vtk.vtkVariant(str(row.get(column, ""))))
+    node.Modified()

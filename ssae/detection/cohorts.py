@@ -126,6 +126,8 @@ def detect_one(
 
 @dataclass
 class CohortSummary:
+    """How a cohort run (scans, or pairs of scans) ended, and where its table is."""
+
     total: int
     succeeded: int
     table: Path
@@ -176,12 +178,18 @@ def detect_cohort(
                 rows.append(finished)
                 continue
             if finished is not None:
-                rows.append({**finished, "status": "error", "error": f"{folder} already holds results: pass --resume to keep them, --overwrite to redo them"})
+                rows.append(
+                    {
+                        **finished,
+                        "status": "error",
+                        "error": f"{folder} already holds results: pass --resume to keep them, --overwrite to redo them",
+                    }
+                )
             else:
                 rows.append(_cohort_row(detector, case, folder, report, options))
             if rows[-1]["status"] != "ok":
                 log(f"  failed: {rows[-1]['error']}")
-        write_text(cohort_csv(rows), table, overwrite or resume)
+        write_text(table_csv(rows, COHORT_COLUMNS), table, overwrite or resume)
         if progress is not None:
             progress.event("done", files={"cohort": str(table)})
     finally:
@@ -245,10 +253,11 @@ def finished_row(case: Case, folder: Path) -> dict[str, Any] | None:
     }
 
 
-def cohort_csv(rows: list[dict[str, Any]]) -> str:
+def table_csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A cohort's table (one row per scan or per pair) as CSV, ``columns`` in order, missing cells empty."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COHORT_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({column: row.get(column, "") for column in COHORT_COLUMNS})
+        writer.writerow({column: row.get(column, "") for column in columns})
     return buffer.getvalue()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ssae.detection.cohorts import CohortSummary, table_csv
 from ssae.detection.detector import Detector
 from ssae.detection.followup import Comparison, compare_scans
 from ssae.detection.followup_files import comparison_bytes, comparison_paths, comparison_summary, write_comparison
@@ -175,17 +176,6 @@ def compare_one(
     return ComparisonOutcome(comparison, paths, list(comparison.warnings))
 
 
-@dataclass
-class PairsSummary:
-    total: int
-    succeeded: int
-    table: Path
-
-    @property
-    def failed(self) -> int:
-        return self.total - self.succeeded
-
-
 def compare_pairs(
     detector: Detector,
     source: Path,
@@ -194,7 +184,7 @@ def compare_pairs(
     progress_log: Path | None = None,
     log: Callable[[str], None] = print,
     **options: Any,
-) -> PairsSummary:
+) -> CohortSummary:
     """Every pair of ``source`` into ``output_dir/<pair>/`` and ``output_dir/comparisons.csv``."""
     pairs = find_pairs(source)
     check_output_apart(output_dir, [Case(p.name, path) for p in pairs for path in (p.baseline, p.followup)])
@@ -215,13 +205,13 @@ def compare_pairs(
             rows.append(_pair_row(detector, pair, output_dir / pair.name, report, options))
             if rows[-1]["status"] != "ok":
                 log(f"  failed: {rows[-1]['error']}")
-        write_text(pairs_csv(rows), table, bool(options.get("overwrite")))
+        write_text(table_csv(rows, PAIR_COLUMNS), table, bool(options.get("overwrite")))
         if progress is not None:
             progress.event("done", files={"comparisons": str(table)})
     finally:
         if progress is not None:
             progress.close()
-    return PairsSummary(total=len(pairs), succeeded=sum(r["status"] == "ok" for r in rows), table=table)
+    return CohortSummary(total=len(pairs), succeeded=sum(r["status"] == "ok" for r in rows), table=table)
 
 
 def _pair_row(detector: Detector, pair: Pair, folder: Path, report, options: dict[str, Any]) -> dict[str, Any]:
@@ -245,12 +235,3 @@ def _pair_row(detector: Detector, pair: Pair, folder: Path, report, options: dic
         "warnings": "; ".join(outcome.warnings),
         "seconds": f"{time.perf_counter() - started:.1f}",
     }
-
-
-def pairs_csv(rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=PAIR_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({column: row.get(column, "") for column in PAIR_COLUMNS})
-    return buffer.getvalue()
