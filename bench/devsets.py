@@ -18,6 +18,7 @@ import SimpleITK as sitk
 
 from ssae.detection.detector import Detector
 from ssae.io.cases import Case, find_cases, read_case_volumes
+from ssae.io.model_file import read_card
 from ssae.models.settings import AdaptationSettings
 from ssae.preprocessing.bias_field import bias_correct
 from ssae.preprocessing.slices import PreparedVolume, prepare_volume
@@ -68,6 +69,12 @@ def load_cases(data: Path, val_subjects: list[str], detector: Detector, work: Pa
             counted = sitk.GetArrayFromImage(prepared.brain_mask).astype(bool) | truth
             out.append(DevCase(dataset, case, image, prepared, counted, truth[counted]))
     return out
+
+
+def weights_digest(model_path: Path) -> str:
+    """What the residual cache is keyed by: the weights' SHA-256 from the model card (a
+    recalibrated card changes the file, not the residuals)."""
+    return read_card(model_path)["weights_sha256"][:12]
 
 
 def residuals_for(detector: Detector, dev: DevCase, key: str, work: Path, digest: str, seconds: dict) -> dict[str, np.ndarray]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import json
 import platform
@@ -43,19 +42,20 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-from devsets import ADAPTATIONS, DevCase, load_cases, residuals_for
+from devsets import ADAPTATIONS, DevCase, load_cases, residuals_for, weights_digest
 
-from ssae.detection.detector import Detector
+from ssae.detection.detector import Detector, small_lesion_evidence
 from ssae.evaluation.bootstrap import bootstrap_intervals
 from ssae.io.cases import read_case_volumes
 from ssae.io.resources import default_model_path
 from ssae.preprocessing.input_grid import to_input_grid_many
+from ssae.preprocessing.input_intensities import input_intensities
 from ssae.preprocessing.slices import prepare_volume
 from ssae.scoring.baselines import flair_rule_mask, intensity_score, strong_intensity_score
 from ssae.scoring.lesion_metrics import RULE, LesionCounts, lesion_counts
-from ssae.scoring.lesions import label_lesions
 from ssae.scoring.metrics import average_precision, best_dice
-from ssae.scoring.score_maps import PostprocessingSettings, combined_maps, eroded_brain, residual_scores, score_maps
+from ssae.scoring.mask_drawing import draw_lesions
+from ssae.scoring.score_maps import PostprocessingSettings, combined_maps, eroded_brain, input_grid_maps, residual_scores
 from ssae.training import defaults
 from ssae.training.slice_cache import PREPROCESSING_VERSION
 
@@ -97,12 +97,6 @@ def candidates(base: PostprocessingSettings) -> list[Candidate]:
     return out
 
 
-def on_input_grid(dev: DevCase, grid_map: np.ndarray) -> np.ndarray:
-    p = dev.prepared
-    back = to_input_grid_many({"m": grid_map}, p.grid, dev.image, p.transform, p.brain_mask)["m"]
-    return sitk.GetArrayFromImage(back)[dev.counted]
-
-
 def pooled(per_case: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
     scores = np.concatenate([s for s, _ in per_case])
     labels = np.concatenate([lab for _, lab in per_case])
@@ -137,7 +131,7 @@ def main() -> None:
     detector = Detector.from_file(model_path, "cpu")
     card = detector.card
     work = args.output / "quality" / "work"
-    digest = hashlib.sha256(model_path.read_bytes()).hexdigest()[:12]
+    digest = weights_digest(model_path)
     devs = load_cases(args.data, card.training["data"]["val_subjects"], detector, work, log)
     datasets = list(dict.fromkeys(d.dataset for d in devs))
     base = card.postprocessing
@@ -150,12 +144,14 @@ def main() -> None:
         """Scores of the counted voxels of one case, for the named candidates and baselines.
 
         Median filtering depends only on (adaptation, median settings): it runs once per such
-        pair; the prior and fusion variants are cheap products on top. All grid maps go back to
-        the input grid together, as components of vector images.
+        pair. The residual maps go back to the input grid together; the prior and fusion variants
+        are cheap products on top, with the scan's own voxels there, as detection computes them
+        (:func:`ssae.scoring.score_maps.input_grid_maps`).
         """
         residuals = {key: residuals_for(detector, dev, key, work, digest, adapt_seconds) for key in ADAPTATIONS}
         inside = eroded_brain(dev.prepared.brain, base.brain_erosion)
-        out, filtered, grid_maps = {}, {}, {}
+        native = input_intensities(dev.prepared, base.brain_erosion * float(dev.prepared.grid.GetSpacing()[0]))
+        out, filtered, grid_maps, combined = {}, {}, {}, {}
         for name in names:
             if name == RAW:
                 out[name] = intensity_score(dev.image, dev.prepared)[dev.counted]
@@ -172,15 +168,22 @@ def main() -> None:
                 if cand.map in scores:
                     grid_maps[name] = scores[cand.map]
                 else:
-                    grid_maps[name] = combined_maps(scores["aggregated"], dev.prepared.intensities, dev.prepared.brain, inside, cand.post)[
-                        cand.map
-                    ]
+                    grid_maps[f"aggregated {key}"] = scores["aggregated"]
+                    combined[name] = key
         keys = list(grid_maps)
+        back: dict[str, np.ndarray] = {}
         for start in range(0, len(keys), 16):
             chunk = {k: grid_maps[k] for k in keys[start : start + 16]}
             p = dev.prepared
             for name, image in to_input_grid_many(chunk, p.grid, dev.image, p.transform, p.brain_mask).items():
-                out[name] = sitk.GetArrayViewFromImage(image)[dev.counted].copy()
+                back[name] = sitk.GetArrayFromImage(image)
+        for name, key in combined.items():
+            cand = by_name[name]
+            maps = combined_maps(back[f"aggregated {key}"], native.values, native.brain, native.inside, cand.post)
+            out[name] = maps[cand.map][dev.counted]
+        for name in grid_maps:
+            if name in by_name or name == STRONG:
+                out[name] = back[name][dev.counted]
         return out
 
     # Pass 1: pooled metrics of every candidate, one data set at a time (bounded memory).
@@ -207,10 +210,9 @@ def main() -> None:
     for dev in devs:
         for name, values in case_scores(dev, shown).items():
             per_case[name].setdefault(dev.dataset, []).append((values, dev.labels))
-        inside = eroded_brain(dev.prepared.brain, default.post.brain_erosion)
-        aggregated = dev.prepared.intensities  # any [slices, size, size] float map: the cost does not depend on the values
+        native = input_intensities(dev.prepared, default.post.brain_erosion * float(dev.prepared.grid.GetSpacing()[0]))
         t0 = time.perf_counter()
-        combined_maps(aggregated, dev.prepared.intensities, dev.prepared.brain, inside, default.post)
+        combined_maps(native.values, native.values, native.brain, native.inside, default.post)  # the cost does not depend on the values
         combined_seconds.append(time.perf_counter() - t0)
     intervals = {name: {ds: bootstrap_intervals(per_case[name][ds], rng, 1000) for ds in datasets} for name in shown}
 
@@ -226,10 +228,10 @@ def main() -> None:
         for dev in devs:
             residuals = residuals_for(detector, dev, card_key, work, digest, adapt_seconds)
             p = dev.prepared
-            grid = score_maps(residuals, p.intensities, p.brain, base)[card.score_map]
-            image = to_input_grid_many({"m": grid}, p.grid, dev.image, p.transform, p.brain_mask)["m"]
+            maps, intensities = input_grid_maps(residual_scores(residuals, eroded_brain(p.brain, base.brain_erosion), base), p, base)
+            evidence = small_lesion_evidence(intensities) if rule.small_lesions is not None else None
             truth = sitk.GetArrayFromImage(read_case_volumes(dev.case, need_label=True)[2]).astype(bool)
-            drawn = sitk.GetArrayFromImage(label_lesions(image, rule.threshold, rule.min_lesion_mm3, rule.seed_threshold)) > 0
+            drawn = sitk.GetArrayFromImage(draw_lesions(maps[card.score_map], rule, evidence)[0]) > 0
             flair = sitk.GetArrayFromImage(flair_rule_mask(dev.image, p.brain_mask, flair_rule["k"], flair_rule["min_lesion_mm3"])) > 0
             for name, mask in (("mask", drawn), ("FLAIR rule", flair)):
                 masks[name][dev.dataset] = masks[name].get(dev.dataset, LesionCounts()) + lesion_counts(mask, truth, dev.image.GetSpacing())
@@ -237,7 +239,7 @@ def main() -> None:
     compare = {}
     if args.compare_model:
         other = Detector.from_file(args.compare_model, "cpu")
-        other_digest = hashlib.sha256(args.compare_model.read_bytes()).hexdigest()[:12]
+        other_digest = weights_digest(args.compare_model)
         for key in dict.fromkeys(("none", default.adaptation)):
             for map_name in dict.fromkeys(("aggregated", default.map)):
                 rows = {}
@@ -249,8 +251,9 @@ def main() -> None:
                         prepared = prepare_volume(corrected, settings, read_case_volumes(dev.case)[1], dev.prepared.alignment)
                         other_dev = DevCase(dev.dataset, dev.case, dev.image, prepared, dev.counted, dev.labels)
                         res = residuals_for(other, other_dev, key, work, other_digest, {})
-                        maps = score_maps(res, dev.prepared.intensities, dev.prepared.brain, default.post)
-                        cases.append((on_input_grid(dev, maps[map_name]), dev.labels))
+                        scores = residual_scores(res, eroded_brain(prepared.brain, default.post.brain_erosion), default.post)
+                        maps, _ = input_grid_maps(scores, prepared, default.post)
+                        cases.append((sitk.GetArrayViewFromImage(maps[map_name])[dev.counted], dev.labels))
                     rows[ds] = pooled(cases)
                 ours = Candidate(key, map_name, default.post).name
                 compare[ours] = (

@@ -197,6 +197,7 @@ class AnomalyParameters:
     statistics_table = NodeReference("statisticsTable")
     atlas_transform = NodeReference("atlasTransform")
     cohort_table = NodeReference("cohortTable")
+    small_lesions = NodeReference("smallLesions")  # the run's small lesions beside the card map's voxel mask
 
     def result_volume(self, map_name: str):
         return self._node(f"{RESULT_VOLUME_ROLE}/{map_name}")

@@ -69,7 +69,11 @@ class ResultExports:
 
 
 def _table_csv(table) -> str:
-    rows = [tuple(table.GetValue(r, c).ToDouble() for c in range(table.GetNumberOfColumns())) for r in range(table.GetNumberOfRows())]
+    def cell(row: int, column: int):
+        value = table.GetValue(row, column)
+        return value.ToString() if value.IsString() else value.ToDouble()
+
+    rows = [tuple(cell(r, c) for c in range(table.GetNumberOfColumns())) for r in range(table.GetNumberOfRows())]
     return lesion_rows_csv(rows)
 
 

@@ -13,16 +13,18 @@ import slicer
 from ssae.io.errors import SSAEError
 from ssae.scoring.lesions import LesionTable
 from ssae.scoring.maps import map_order, map_title
-from ssae.scoring.operating_points import HealthyTail, card_mask_rule, healthy_tail, mask_rule, operating_points_from_card
+from ssae.scoring.operating_points import HealthyTail, card_mask_rule, healthy_tail, mask_rule, measured_in_lesions, operating_points_from_card
 
 from .results import (
     add_lesion_segmentation,
     add_score_volume,
+    add_small_lesions,
     ensure_segment,
     fill_lesion_table,
     place_under_input_study,
     segment_id_of,
     segment_name,
+    small_lesion_voxels,
     style_score_volume,
     update_segment,
 )
@@ -46,13 +48,15 @@ class SceneResults:
         score_map: str | None = None,
         brain_ml: float | None = None,
         operating_point: str = "",
+        lesion_mask: sitk.Image | None = None,
     ) -> LesionTable:
         """Score volumes, lesion segmentation and table for ``maps`` (name -> image on the input grid).
 
         ``card``, ``adapted`` and ``operating_point`` are those of the run that made the maps:
         they give the names, the thresholds (each map's at the operating point, or its
         percentile threshold for an older card) and what a threshold means on a healthy brain
-        of ``brain_ml``. All parameter writes are one batch: the panel refreshes once.
+        of ``brain_ml``; the run's ``lesion_mask`` brings its small lesions, which join the
+        card map's segment. All parameter writes are one batch: the panel refreshes once.
         """
         params = self.parameters
         sizes = level_sizes(card)
@@ -71,6 +75,13 @@ class SceneResults:
             nodes, lesions = [segmentation, table], None
             params.min_lesion_mm3 = rules[chosen].min_lesion_mm3
             params.results_card = {"operating_points": card.get("operating_points") or {}, "postprocessing": card["postprocessing"]}
+            card_map = card.get("score_map", "aggregated")
+            params.small_lesions = None
+            if lesion_mask is not None and card_map in maps and rules[card_map].small_lesions is not None:
+                voxels = small_lesion_voxels(lesion_mask, maps[card_map], rules[card_map])
+                params.small_lesions = add_small_lesions(self.scene, volume, voxels, f"{volume.GetName()} small lesions")
+                params.small_lesions.SetAttribute("SSAE.map", card_map)
+                nodes.append(params.small_lesions)
             for name in names:
                 rule = rules[name]
                 node = add_score_volume(
@@ -84,7 +95,9 @@ class SceneResults:
                 params.set_result_volume(name, node)
                 nodes.append(node)
                 segment_id = ensure_segment(segmentation, name, segment_name(name, sizes))
-                found = update_segment(segmentation, segment_id, node, rule.threshold, params.min_lesion_mm3, rule.seed_threshold)
+                found = update_segment(
+                    segmentation, segment_id, node, rule.threshold, params.min_lesion_mm3, rule.seed_threshold, self._small_lesions_of(name)
+                )
                 if name == chosen:
                     lesions = found
             params.score_map = chosen
@@ -95,6 +108,11 @@ class SceneResults:
             params.node.SetParameter("resultsFolderItem", str(item))
         show_in_slice_views(self.scene, volume, params.result_volume(chosen))
         return lesions
+
+    def _small_lesions_of(self, map_name: str):
+        """The run's small-lesion volume where ``map_name`` is the map they belong to."""
+        node = self.parameters.small_lesions
+        return node if node is not None and node.GetAttribute("SSAE.map") == map_name else None
 
     def _show_only_selected_segment(self) -> None:
         """Overlapping segments of every map would hide each other: show the selected map's."""
@@ -110,6 +128,7 @@ class SceneResults:
             params.segmentation,
             params.statistics_table,
             params.atlas_transform,
+            params.small_lesions,
         ]
         with params.batch():
             for node in nodes:
@@ -148,7 +167,13 @@ class SceneResults:
             value, seed, rule = params.threshold_of(name), params.seed_of(name), params.rule_name_of(name)
             style_score_volume(node, value)
             lesions = update_segment(
-                segmentation, ensure_segment(segmentation, name, segment_name(name)), node, value, params.min_lesion_mm3, seed
+                segmentation,
+                ensure_segment(segmentation, name, segment_name(name)),
+                node,
+                value,
+                params.min_lesion_mm3,
+                seed,
+                self._small_lesions_of(name),
             )
             if name == params.score_map:
                 fill_lesion_table(table, lesions, rule)
@@ -186,11 +211,20 @@ class SceneResults:
         if not tail_text:
             return "This model has no healthy calibration tail for this map (recalibrate it with ssae calibrate)."
         tail = HealthyTail.from_dict(json.loads(tail_text))
-        value = params.threshold_of(map_name or params.score_map) if threshold is None else threshold
+        name = map_name or params.score_map
+        value = params.threshold_of(name) if threshold is None else threshold
         fraction = tail.fraction_above(value)
         brain_ml = float(node.GetAttribute("SSAE.brainMl") or 0.0)
         volume = f"about {fraction * brain_ml:.1f} ml of a healthy brain this size, " if brain_ml else ""
-        return f"On healthy brains: {volume}{100 * fraction:.2g} % of its voxels would lie above this threshold."
+        text = f"On healthy brains: {volume}{100 * fraction:.2g} % of its voxels would lie above this threshold."
+        point = params.rule_name_of(name) if threshold is None else ""
+        _, lesions = measured_in_lesions(params.results_card.get("operating_points") or {}, point)
+        if lesions is not None:
+            text += f" At the {point} operating point a healthy calibration brain shows {lesions:.1f} false lesions."
+        small = self._small_lesions_of(name)
+        if small is not None:
+            text += " Small lesions found by the run's operating point stay in the mask when the threshold moves."
+        return text
 
 
 def show_in_slice_views(scene, background, foreground, opacity: float = 0.6) -> None:

@@ -72,6 +72,7 @@ def detect_one(
     score_map: str | None = None,
     threshold: float | None = None,
     operating_point: str | None = None,
+    min_lesion_mm3: float | None = None,
     adaptation: AdaptationSettings | None = None,
     fmt: str = "nii.gz",
     figure: bool = False,
@@ -108,6 +109,7 @@ def detect_one(
             adaptation=adaptation,
             score_map=score_map,
             operating_point=operating_point,
+            min_lesion_mm3=min_lesion_mm3,
         )
         warnings = alignment_warnings(result.prepared.alignment, card.modality)
         if adaptation is not None and card.adaptation is None:

@@ -3,10 +3,12 @@
 For every slice, level by level: ``Î_k = u(Î_{k+1}) + M_k(H_k)`` and the residual
 ``r_k = I_k - Î_k``. The aggregated residual applies the pyramid recursion to the residuals,
 ``a_k = u(a_{k+1}) + r_k``, from the coarsest aggregated level down to ``a_0 = r_*`` at full
-resolution. The residuals become score maps (:func:`ssae.scoring.score_maps.score_maps`: per level,
-aggregated, with the hyper-intensity prior, fused with the FLAIR intensity, and the FLAIR
-reference), all of which are resampled onto the input volume's own grid in one pass; the lesion
-mask is the model card's score map above its threshold.
+resolution. The residuals become score maps on the slice grid (per level and aggregated), which
+are resampled onto the input volume's own grid in one pass; there the maps that ask how bright
+the scan is (with the hyper-intensity prior, fused with the FLAIR intensity, and the FLAIR
+reference) are computed from the scan's own voxels (:func:`ssae.scoring.score_maps.input_grid_maps`).
+The lesion mask is the model card's score map above its operating point's threshold, joined by
+the small lesions of :mod:`ssae.scoring.small_lesions` (:func:`ssae.scoring.mask_drawing.draw_lesions`).
 
 Optionally, a copy of the model is first adapted to the scan (:mod:`ssae.detection.adaptation`); the
 model card says whether that is the default and holds the thresholds calibrated for it.
@@ -33,15 +35,17 @@ from ssae.models.checkpoint import load_model
 from ssae.models.devices import inference_batch_size, resolve_device
 from ssae.models.networks import ScaleSpaceAutoencoder
 from ssae.models.settings import AdaptationSettings
-from ssae.preprocessing.input_grid import to_input_grid_many
+from ssae.preprocessing.input_intensities import InputIntensities
 from ssae.preprocessing.pyramid import decompose, upsample
 from ssae.preprocessing.registration import RegistrationSettings
 from ssae.preprocessing.registration_check import AtlasAlignment
 from ssae.preprocessing.slices import PreparedVolume, prepare_volume
-from ssae.scoring.lesions import LesionStatistics, LesionTable, label_lesions, lesion_mask, lesion_table
+from ssae.scoring.lesions import LesionStatistics, LesionTable, lesion_mask, lesion_table
 from ssae.scoring.maps import is_map_name, level_map
+from ssae.scoring.mask_drawing import SmallLesionEvidence, draw_lesions
 from ssae.scoring.operating_points import MaskRule
-from ssae.scoring.score_maps import score_maps
+from ssae.scoring.score_maps import eroded_brain, input_grid_maps, residual_scores
+from ssae.scoring.small_lesions import SmallLesionOutcome, brightness_ratio, find_candidates
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -74,11 +78,13 @@ class DetectionResult:
     maps: dict[str, sitk.Image]  # aggregated, levelK, prior, fused, flair
     score_map: str  # the map that drew the mask
     mask: sitk.Image
-    rule: MaskRule  # the thresholds, minimum size and operating point that drew it
+    rule: MaskRule  # the thresholds, minimum size, small-lesion rule and operating point that drew it
     lesions: LesionTable
     prepared: PreparedVolume
     residuals: SliceResiduals
-    grid_scores: dict[str, np.ndarray]
+    grid_scores: dict[str, np.ndarray]  # the residual scores (aggregated, levelK) on the slice grid
+    intensities: InputIntensities  # the scan's own voxels, normalised, where brightness was measured
+    small_lesions: SmallLesionOutcome | None = None  # what the small-lesion rule did (None: the rule had none)
     adaptation: AdaptationReport | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -188,9 +194,10 @@ class Detector:
                     progress(stop / n, f"reconstructed {stop}/{n} slices")
         return SliceResiduals(per_level=per_level, aggregated=aggregated, reconstruction=reconstruction)
 
-    def grid_score_maps(self, prepared: PreparedVolume, residuals: SliceResiduals) -> dict[str, np.ndarray]:
-        """Every score map on the slice grid (see :func:`ssae.scoring.score_maps.score_maps`)."""
-        return score_maps(residuals.named(), prepared.intensities, prepared.brain, self.card.postprocessing)
+    def residual_score_maps(self, prepared: PreparedVolume, residuals: SliceResiduals) -> dict[str, np.ndarray]:
+        """The post-processed residual scores on the slice grid (aggregated, levelK)."""
+        post = self.card.postprocessing
+        return residual_scores(residuals.named(), eroded_brain(prepared.brain, post.brain_erosion), post)
 
     def detect(
         self,
@@ -205,6 +212,7 @@ class Detector:
         score_map: str | None = None,
         registration: RegistrationSettings | None = None,
         operating_point: str | None = None,
+        min_lesion_mm3: float | None = None,
     ) -> DetectionResult:
         """Score maps and the lesion mask, all on ``image``'s grid.
 
@@ -212,7 +220,8 @@ class Detector:
         :meth:`default_adaptation` for what the model card recommends). ``score_map`` chooses
         the map that draws the mask (default: the card's); ``operating_point`` the card's
         preset that turns it into a mask (default: the card's), ``threshold`` a number in the
-        map's units instead (:meth:`ModelCard.mask_rule`). ``alignment`` reuses an earlier atlas registration of this scan;
+        map's units instead, ``min_lesion_mm3`` the point's minimum lesion size (:meth:`ModelCard.mask_rule`).
+        ``alignment`` reuses an earlier atlas registration of this scan;
         ``registration`` sets how much work N4 and the registration do (default: the current
         :class:`ssae.preprocessing.registration.RegistrationSettings`).
         """
@@ -220,7 +229,7 @@ class Detector:
         chosen_map = score_map or card.score_map
         if not is_map_name(chosen_map) or (chosen_map.startswith("level") and not scales):
             raise SSAEError(f"unknown score map {chosen_map!r} for this run")
-        rule = card.mask_rule(chosen_map, adaptation is not None, operating_point, threshold)  # refuses before any work
+        rule = card.mask_rule(chosen_map, adaptation is not None, operating_point, threshold, min_lesion_mm3)  # refuses before any work
         timings: dict[str, float] = {}
         report = progress or (lambda fraction, message: None)
         adapt_share = 0.45 if adaptation is not None else 0.0
@@ -250,14 +259,15 @@ class Detector:
         report(0.85, "post-processing and mapping back to the input grid")
         if should_cancel is not None and should_cancel():
             raise DetectionCancelled("detection cancelled")
-        grid_scores = self.grid_score_maps(prepared, residuals)
+        grid_scores = self.residual_score_maps(prepared, residuals)
         timings["postprocess_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        maps = to_input_grid_many(grid_scores, prepared.grid, image, prepared.transform, prepared.brain_mask, self.device)
+        maps, intensities = input_grid_maps(grid_scores, prepared, card.postprocessing, self.device)
         timings["resample_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        labels = label_lesions(maps[chosen_map], rule.threshold, rule.min_lesion_mm3, rule.seed_threshold)
+        evidence = small_lesion_evidence(intensities) if rule.small_lesions is not None else None
+        labels, small = draw_lesions(maps[chosen_map], rule, evidence)
         mask, lesions = lesion_mask(labels), lesion_table(labels, maps[chosen_map])
         timings["mask_s"] = time.perf_counter() - t0
         report(1.0, "done")
@@ -270,9 +280,17 @@ class Detector:
             prepared=prepared,
             residuals=residuals,
             grid_scores=grid_scores,
+            intensities=intensities,
+            small_lesions=small,
             adaptation=adapted,
             timings=timings,
         )
+
+
+def small_lesion_evidence(intensities: InputIntensities) -> SmallLesionEvidence:
+    """The small-lesion candidates of a scan and its brightness, from its own voxels."""
+    ratio = brightness_ratio(intensities.values, intensities.brain)
+    return SmallLesionEvidence(find_candidates(ratio, intensities.brain, intensities.depth_mm, intensities.spacing), ratio)
 
 
 _LOADED: dict[tuple, Detector] = {}

@@ -105,6 +105,7 @@ def compare_scans(
     *,
     adaptation: AdaptationSettings | None = None,
     operating_point: str | None = None,
+    min_lesion_mm3: float | None = None,
     rule: ChangeRule | None = None,
     progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
@@ -119,7 +120,13 @@ def compare_scans(
         return lambda fraction, message: report(start + share * fraction, f"{label}: {message}")
 
     started = time.perf_counter()
-    options = {"adaptation": adaptation, "operating_point": operating_point, "scales": False, "should_cancel": should_cancel}
+    options = {
+        "adaptation": adaptation,
+        "operating_point": operating_point,
+        "min_lesion_mm3": min_lesion_mm3,
+        "scales": False,
+        "should_cancel": should_cancel,
+    }
     after = detector.detect(followup, followup_mask, progress=part(0.0, 0.42, "follow-up"), **options)
     before = detector.detect(baseline, baseline_mask, progress=part(0.42, 0.42, "baseline"), **options)
     timings["detect_s"] = time.perf_counter() - started

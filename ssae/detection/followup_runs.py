@@ -127,6 +127,7 @@ def compare_one(
     *,
     adaptation: AdaptationSettings | None = None,
     operating_point: str | None = None,
+    min_lesion_mm3: float | None = None,
     rule: ChangeRule | None = None,
     fmt: str = "nii.gz",
     overwrite: bool = False,
@@ -160,6 +161,7 @@ def compare_one(
             followup_mask,
             adaptation=adaptation,
             operating_point=operating_point,
+            min_lesion_mm3=min_lesion_mm3,
             rule=rule,
             progress=forward,
         )

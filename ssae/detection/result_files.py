@@ -66,6 +66,8 @@ def detection_summary(result: DetectionResult, source: str, model_name: str, mod
         "mask_rule": result.rule.to_dict(),
         "brain_ml": round(result.brain_ml, 2),
         "expected_healthy_false_positive_ml": result.rule.expected_false_positive_ml(result.brain_ml),
+        "healthy_false_lesions_per_brain": result.rule.healthy_false_lesions,
+        "small_lesions": result.small_lesions.to_dict() if result.small_lesions is not None else None,
         **result.statistics.to_dict(),
         "slices_processed": int(result.prepared.slices.shape[0]),
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},

@@ -37,7 +37,7 @@ from ssae.io.writing import atomic_path, refuse_existing, write_json, write_text
 from ssae.models.settings import AdaptationSettings
 from ssae.preprocessing.input_grid import to_input_grid_many
 from ssae.scoring.baselines import flair_rule_mask, intensity_score, strong_intensity_score
-from ssae.scoring.lesion_metrics import RULE, LesionCounts, lesion_counts
+from ssae.scoring.lesion_metrics import BAND_NAMES, RULE, LesionCounts, lesion_counts
 from ssae.scoring.metrics import average_precision, best_dice, overlap, precision_recall
 from ssae.training import defaults
 
@@ -121,6 +121,7 @@ def evaluate(
     scales: bool = True,
     log: Callable[[str], None] = print,
     operating_point: str | None = None,
+    min_lesion_mm3: float | None = None,
 ) -> EvaluationReport:
     """Detect on every labelled case and compute the metrics described in the module doc."""
     card = detector.card
@@ -134,7 +135,9 @@ def evaluate(
         log(f"evaluating {case.name} ({index + 1}/{len(cases)})")
         image, brain, label = read_case_volumes(case, need_label=True)
         assert label is not None
-        result = detector.detect(image, brain, scales=scales, adaptation=adaptation, operating_point=operating_point)
+        result = detector.detect(
+            image, brain, scales=scales, adaptation=adaptation, operating_point=operating_point, min_lesion_mm3=min_lesion_mm3
+        )
         threshold, operating = result.threshold, result.rule.operating_point
         truth = sitk.GetArrayFromImage(label).astype(bool)
         counted = sitk.GetArrayFromImage(result.prepared.brain_mask).astype(bool) | truth
@@ -222,7 +225,7 @@ def cases_csv(report: EvaluationReport) -> str:
         "true_lesions",
         "found",
         "mask_lesions",
-        "true_positive_lesions",
+        "false_positive_lesions",
         "lesion_sensitivity",
         "lesion_precision",
         "lesion_f1",
@@ -230,6 +233,7 @@ def cases_csv(report: EvaluationReport) -> str:
     writer.writerow(
         ["case", "lesion_voxels", "lesion_ml", "predicted_ml", "dice_at_threshold", "precision_at_threshold", "recall_at_threshold"]
         + [f"{who} {f}" for who in (MASK, FLAIR_RULE) for f in ("dice", *lesion_fields)]
+        + [f"{who} sensitivity {band}" for who in (MASK, FLAIR_RULE) for band in BAND_NAMES]
         + [f"auprc {n}" for n in names]
     )
     for case in report.cases:
@@ -245,6 +249,7 @@ def cases_csv(report: EvaluationReport) -> str:
                 _fmt(t["recall"]),
             ]
             + [_csv_value(case.lesions[who][f]) for who in (MASK, FLAIR_RULE) for f in ("dice", *lesion_fields)]
+            + [_fmt(case.lesions[who]["sensitivity_by_size"][band]) for who in (MASK, FLAIR_RULE) for band in BAND_NAMES]
             + [_fmt(case.auprc.get(n)) for n in names]
         )
     return buffer.getvalue()

@@ -20,8 +20,11 @@ from ssae.models.networks import build_model, count_parameters
 from ssae.models.settings import AdaptationSettings, Architecture
 from ssae.preprocessing.slices import PreprocessingSettings
 from ssae.scoring.maps import is_map_name
-from ssae.scoring.operating_points import OPERATING_POINT_NAMES, HealthyTail, MaskRule, OperatingPoint, mask_rule
+from ssae.scoring.operating_points import OPERATING_POINT_NAMES, HealthyTail, MaskRule, OperatingPoint, card_mask_rule
 from ssae.scoring.score_maps import PostprocessingSettings
+from ssae.scoring.small_lesions import HealthyCandidates
+
+TAILS_ON_INPUT_GRID = "input"  # format 4: healthy tails measured on the scans' own grids (older cards: on the slice grid)
 
 
 @dataclass
@@ -57,9 +60,13 @@ class ModelCard:
     ``thresholds`` holds one label-free threshold per score map (``aggregated``, ``levelK``,
     ``prior``, ``fused``, ``flair``); ``score_map`` is the map whose threshold draws the lesion
     mask by default; ``selection`` says how these defaults were chosen, with the evidence.
-    ``healthy_tails`` (``trained`` and ``adapted``, one tail per map) and ``operating_points``
-    (the presets in healthy false-positive budgets, the default and the evidence) say which
-    voxels become the mask and what a threshold means (:mod:`ssae.scoring.operating_points`).
+    ``healthy_tails`` (``trained`` and ``adapted``, one tail per map, measured on the healthy
+    scans' own grids where ``healthy_tails_grid`` is ``"input"``, on the slice grid by older
+    calibrations) and ``operating_points`` (the presets in healthy false-positive budgets, the
+    default, the evidence, and what calibration measured of each: false lesions per healthy
+    brain, the small-lesion fallback brightness) say which voxels become the mask and what a
+    threshold means (:mod:`ssae.scoring.operating_points`); ``healthy_candidates`` are the
+    small-lesion candidates of the healthy calibration subjects (:mod:`ssae.scoring.small_lesions`).
     """
 
     architecture: Architecture
@@ -77,7 +84,9 @@ class ModelCard:
     versions: dict[str, str] = field(default_factory=dict)
     description: str = ""
     healthy_tails: dict[str, dict[str, HealthyTail]] = field(default_factory=dict)
-    operating_points: dict[str, Any] = field(default_factory=dict)  # {"default", "points": {name: OperatingPoint}, "chosen_by"}
+    operating_points: dict[str, Any] = field(default_factory=dict)  # {"default", "points": {name: OperatingPoint}, "chosen_by", ...}
+    healthy_tails_grid: str = "slice"
+    healthy_candidates: HealthyCandidates | None = None
 
     def __post_init__(self) -> None:
         for name, value in self.thresholds.items():
@@ -107,22 +116,16 @@ class ModelCard:
             return self.adaptation.thresholds.get(map_name) if self.adaptation is not None else None
         return self.thresholds.get(map_name)
 
-    def mask_rule(self, map_name: str, adapted: bool, operating_point: str | None = None, threshold: float | None = None) -> MaskRule:
-        """What draws ``map_name``'s mask (see :func:`ssae.scoring.operating_points.mask_rule`)."""
-        value = self.threshold_for(map_name, adapted)
-        if value is None:
-            value = self.threshold_for(map_name)
-        how = f"{self.calibration.method}{' (adapted healthy validation subjects)' if adapted and self.threshold_for(map_name, True) is not None else ''}"
-        return mask_rule(
-            self.operating_points.get("points", {}),
-            self.operating_points.get("default", ""),
-            self.healthy_tails.get("adapted" if adapted else "trained", {}).get(map_name),
-            None if value is None else (value, how),
-            self.postprocessing.min_lesion_mm3,
-            adapted,
-            operating_point,
-            threshold,
-        )
+    def mask_rule(
+        self,
+        map_name: str,
+        adapted: bool,
+        operating_point: str | None = None,
+        threshold: float | None = None,
+        min_lesion_mm3: float | None = None,
+    ) -> MaskRule:
+        """What draws ``map_name``'s mask (see :func:`ssae.scoring.operating_points.card_mask_rule`)."""
+        return card_mask_rule(self.to_dict(), map_name, adapted, operating_point, threshold, min_lesion_mm3)
 
     def to_dict(self) -> dict[str, Any]:
         arch = self.architecture
@@ -145,6 +148,8 @@ class ModelCard:
             "adaptation": self.adaptation.to_dict() if self.adaptation is not None else None,
             "selection": self.selection,
             "healthy_tails": {kind: {m: t.to_dict() for m, t in tails.items()} for kind, tails in self.healthy_tails.items()},
+            "healthy_tails_grid": self.healthy_tails_grid,
+            "healthy_candidates": self.healthy_candidates.to_dict() if self.healthy_candidates is not None else None,
             "operating_points": {
                 **self.operating_points,
                 "points": {name: point.to_dict() for name, point in self.operating_points.get("points", {}).items()},
@@ -186,6 +191,8 @@ class ModelCard:
                     for kind, tails in (data.get("healthy_tails") or {}).items()
                 },
                 operating_points=_operating_points(data.get("operating_points") or {}),
+                healthy_tails_grid=str(data.get("healthy_tails_grid", "slice")),
+                healthy_candidates=HealthyCandidates.from_dict(data["healthy_candidates"]) if data.get("healthy_candidates") else None,
                 modality=data.get("modality", "FLAIR"),
                 training=data.get("training", {}),
                 fidelity=data.get("fidelity", {}),

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ssae.io.model_file import adapted_thresholds, calibration_method, card_thresholds
-from ssae.scoring.operating_points import card_mask_rule, operating_points_from_card
+from ssae.scoring.operating_points import SLICE_GRID_TAILS, card_mask_rule, operating_points_from_card
 
 
 def describe_card(card: dict[str, Any]) -> str:
@@ -74,9 +74,16 @@ def _operating_point_lines(card: dict[str, Any]) -> list[str]:
     adapted = bool((card.get("adaptation") or {}).get("enabled"))
     score_map = card.get("score_map", "aggregated")
     lines = [f"operating points ({'adapted' if adapted else 'as trained'}, {score_map} map; default {default}):"]
+    brain_ml = next(iter((card.get("healthy_tails") or {}).get("adapted" if adapted else "trained", {}).values()), {}).get("brain_ml")
     for name, point in points.items():
         rule = card_mask_rule(card, score_map, adapted, name)
-        lines.append(f"  {name}: {point.describe()}; threshold {rule.threshold:.4g}")
+        meaning = rule.healthy_meaning(brain_ml)
+        fallback = f"; small-lesion fallback brightness {rule.small_lesion_fallback:.3g} x the brain median" if rule.small_lesion_fallback else ""
+        lines.append(f"  {name}: {point.describe()}; threshold {rule.threshold:.4g}{fallback}")
+        if meaning:
+            lines.append(f"    on healthy brains: {meaning}")
+    if card.get("healthy_tails") and card.get("healthy_tails_grid", "slice") != "input":
+        lines.append(f"  note: {SLICE_GRID_TAILS}")
     chosen = (card.get("operating_points") or {}).get("chosen_by")
     if chosen:
         lines.append(f"  chosen by: {chosen}")

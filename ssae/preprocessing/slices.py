@@ -76,6 +76,7 @@ class PreparedVolume:
     brain: np.ndarray  # [n, size, size] bool
     grid: sitk.Image  # geometry of the slice grid (pixel values unused)
     input_reference: sitk.Image  # the input volume (its grid is where results go back to)
+    corrected: sitk.Image  # the input as the slices were taken from it: N4-corrected where the model asks for it
     brain_mask: sitk.Image  # brain mask on the input grid (uint8)
     intensity_offset: float
     intensity_scale: float
@@ -213,6 +214,7 @@ def prepare_volume(
         brain=brain,
         grid=grid,
         input_reference=image,
+        corrected=source,
         brain_mask=sitk.Cast(mask, sitk.sitkUInt8),
         intensity_offset=offset,
         intensity_scale=scale,

@@ -8,11 +8,27 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+
+
+SIZE_BANDS: tuple[tuple[float, float], ...] = ((10.0, 50.0), (50.0, 200.0), (200.0, math.inf))  # mm3, the bands lesions are counted in
+
+
+def band_name(low: float, high: float) -> str:
+    return f"{low:g}-{high:g} mm3" if math.isfinite(high) else f">= {low:g} mm3"
+
+
+def size_band(mm3: float) -> str:
+    """The size band a lesion of ``mm3`` falls in (``< 10 mm3`` below the first)."""
+    for low, high in SIZE_BANDS:
+        if low <= mm3 < high:
+            return band_name(low, high)
+    return f"< {SIZE_BANDS[0][0]:g} mm3"
 
 
 def voxel_volume_mm3(image: sitk.Image) -> float:
@@ -33,8 +49,9 @@ class LesionStatistics:
 
 @dataclass
 class LesionTable:
-    """One row per lesion, largest first: volume (ml), voxels, longest axis (mm), peak score,
-    centroid in RAS (mm, Slicer's world coordinates; ITK's LPS with the first two axes negated).
+    """One row per lesion, largest first: volume (ml), size band (:data:`SIZE_BANDS`, the bands
+    lesions are counted in), voxels, longest axis (mm), peak score, centroid in RAS (mm, Slicer's
+    world coordinates; ITK's LPS with the first two axes negated).
 
     The longest axis is the longest side of the lesion's box along its principal axes (MS
     criteria count lesions of at least 3 mm); the peak score is the map's highest value in it.
@@ -46,11 +63,11 @@ class LesionTable:
     peak_scores: list[float]
     centroids_ras: list[tuple[float, float, float]]
 
-    COLUMNS = ("lesion", "volume_ml", "voxels", "longest_axis_mm", "peak_score", "centroid_r_mm", "centroid_a_mm", "centroid_s_mm")
+    COLUMNS = ("lesion", "volume_ml", "size_band", "voxels", "longest_axis_mm", "peak_score", "centroid_r_mm", "centroid_a_mm", "centroid_s_mm")
 
     def rows(self) -> list[tuple]:
         return [
-            (index + 1, ml, voxels, axis, peak, *centroid)
+            (index + 1, ml, size_band(1000.0 * ml), voxels, axis, peak, *centroid)
             for index, (ml, voxels, axis, peak, centroid) in enumerate(
                 zip(self.statistics.component_ml, self.voxels, self.longest_axis_mm, self.peak_scores, self.centroids_ras)
             )
@@ -65,8 +82,8 @@ def lesion_rows_csv(rows: list[tuple]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(LesionTable.COLUMNS)
-    for lesion, ml, voxels, axis, peak, r, a, s in rows:
-        writer.writerow([int(lesion), f"{ml:.4f}", int(voxels), f"{axis:.1f}", f"{peak:.4g}", f"{r:.2f}", f"{a:.2f}", f"{s:.2f}"])
+    for lesion, ml, band, voxels, axis, peak, r, a, s in rows:
+        writer.writerow([int(lesion), f"{ml:.4f}", band, int(voxels), f"{axis:.1f}", f"{peak:.4g}", f"{r:.2f}", f"{a:.2f}", f"{s:.2f}"])
     return buffer.getvalue()
 
 
@@ -100,9 +117,19 @@ def label_lesions(score: sitk.Image, threshold: float, min_lesion_mm3: float, se
         unseeded = [label for label in seeded.GetLabels() if label and seeded.GetMaximum(label) <= seed_threshold]
         if unseeded:
             components = sitk.ChangeLabel(components, changeMap={label: 0 for label in unseeded})
-    min_voxels = int(np.ceil(min_lesion_mm3 / voxel_volume_mm3(score))) if min_lesion_mm3 > 0 else 0
+    return _by_size(components, score, min_lesion_mm3)
+
+
+def relabel_by_size(mask: sitk.Image, min_lesion_mm3: float) -> sitk.Image:
+    """The 26-connected components of a binary ``mask``, labelled 1..n largest first, without
+    those smaller than ``min_lesion_mm3``."""
+    return _by_size(sitk.ConnectedComponent(sitk.Cast(mask > 0, sitk.sitkUInt8), True), mask, min_lesion_mm3)
+
+
+def _by_size(components: sitk.Image, reference: sitk.Image, min_lesion_mm3: float) -> sitk.Image:
+    min_voxels = int(np.ceil(min_lesion_mm3 / voxel_volume_mm3(reference))) if min_lesion_mm3 > 0 else 0
     labels = sitk.RelabelComponent(components, minimumObjectSize=min_voxels, sortByObjectSize=True)
-    labels.CopyInformation(score)
+    labels.CopyInformation(reference)
     return labels
 
 

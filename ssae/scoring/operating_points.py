@@ -9,8 +9,12 @@ healthy brain volume it was measured on. From the tail:
 * an *operating point* is defined by a healthy false-positive budget (``healthy_fpr``: the
   share of a healthy brain's voxels allowed above the threshold), so it carries over to any map
   and any model; optionally a *seed* budget (``seed_fpr``, hysteresis: a component of the mask
-  is kept only where some voxel also exceeds the stricter seed threshold) and a minimum lesion
-  size in mm3;
+  is kept only where some voxel also exceeds the stricter seed threshold), a minimum lesion
+  size in mm3, and a rule for small lesions (:mod:`ssae.scoring.small_lesions`) that joins the
+  voxel mask on the card's map;
+* what a point means in lesions: calibration applies each point's whole rule to the healthy
+  subjects and the card keeps the false lesions it draws per healthy brain (lesion-labelled
+  voxels left out), beside the volume (:attr:`MaskRule.healthy_false_lesions`);
 * any threshold, e.g. one set with Slicer's slider, gets a meaning: the share of a healthy brain
   above it (:meth:`HealthyTail.fraction_above`), i.e. the false-positive volume expected if this
   scan's brain were healthy (the share times its brain volume).
@@ -24,13 +28,14 @@ out, scored on mask Dice and lesion-wise F1; report/operating_point.md) and live
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from ssae.io.errors import SSAEError
 from ssae.io.model_file import adapted_thresholds, calibration_method, card_thresholds
+from ssae.scoring.small_lesions import SmallLesionRule
 
 OPERATING_POINT_NAMES = ("sensitive", "balanced", "specific")
 
@@ -129,6 +134,7 @@ class OperatingPoint:
     healthy_fpr: float
     seed_fpr: float | None = None
     min_lesion_mm3: float = 10.0
+    small_lesions: SmallLesionRule | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.healthy_fpr < 1:
@@ -140,17 +146,28 @@ class OperatingPoint:
 
     def describe(self) -> str:
         seeds = f", each lesion holding a voxel above the {_percent(self.seed_fpr)} level" if self.seed_fpr else ""
-        return f"{_percent(self.healthy_fpr)} of a healthy brain above the threshold{seeds}, lesions >= {self.min_lesion_mm3:g} mm3"
+        small = f"; small lesions: {self.small_lesions.describe()}" if self.small_lesions is not None else ""
+        return f"{_percent(self.healthy_fpr)} of a healthy brain above the threshold{seeds}, lesions >= {self.min_lesion_mm3:g} mm3{small}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"healthy_fpr": self.healthy_fpr, "seed_fpr": self.seed_fpr, "min_lesion_mm3": self.min_lesion_mm3}
+        return {
+            "healthy_fpr": self.healthy_fpr,
+            "seed_fpr": self.seed_fpr,
+            "min_lesion_mm3": self.min_lesion_mm3,
+            "small_lesions": self.small_lesions.to_dict() if self.small_lesions is not None else None,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OperatingPoint:
         try:
-            seed = data.get("seed_fpr")
-            return cls(float(data["healthy_fpr"]), None if seed is None else float(seed), float(data.get("min_lesion_mm3", 10.0)))
-        except (KeyError, TypeError, ValueError) as exc:
+            seed, small = data.get("seed_fpr"), data.get("small_lesions")
+            return cls(
+                float(data["healthy_fpr"]),
+                None if seed is None else float(seed),
+                float(data.get("min_lesion_mm3", 10.0)),
+                None if small is None else SmallLesionRule.from_dict(small),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SSAEError(f"the model card's operating point is malformed ({exc})") from None
 
 
@@ -160,7 +177,7 @@ def _percent(fraction: float) -> str:
 
 @dataclass(frozen=True)
 class MaskRule:
-    """What draws one map's mask: thresholds in score units, the minimum size, and why."""
+    """What draws one map's mask: thresholds in score units, the minimum size, small lesions, and why."""
 
     threshold: float
     seed_threshold: float | None
@@ -168,10 +185,23 @@ class MaskRule:
     operating_point: str  # a preset's name, "threshold" when the user gave a number, "calibrated" for older cards
     method: str
     healthy_fraction: float | None = None  # share of a healthy brain above the threshold, where the map has a tail
+    small_lesions: SmallLesionRule | None = None  # the small-lesion rule joining the voxel mask (the card's map only)
+    small_lesion_fallback: float | None = None  # brightness a small lesion needs where the voxel mask finds none
+    healthy_false_lesions: float | None = None  # false lesions per healthy calibration brain of this preset, as measured
 
     def expected_false_positive_ml(self, brain_ml: float) -> float | None:
         """What a healthy brain of ``brain_ml`` would show above the threshold."""
         return None if self.healthy_fraction is None else self.healthy_fraction * brain_ml
+
+    def healthy_meaning(self, brain_ml: float | None) -> str:
+        """What this rule draws on a healthy brain, in volume and in lesions ('' where unknown)."""
+        parts = []
+        volume = self.expected_false_positive_ml(brain_ml) if brain_ml else None
+        if volume is not None:
+            parts.append(f"about {volume:.1f} ml above the threshold in a healthy brain this size")
+        if self.healthy_false_lesions is not None:
+            parts.append(f"{self.healthy_false_lesions:.1f} false lesions per healthy calibration brain")
+        return "; ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -181,6 +211,9 @@ class MaskRule:
             "min_lesion_mm3": self.min_lesion_mm3,
             "method": self.method,
             "healthy_fraction_above_threshold": self.healthy_fraction,
+            "small_lesions": self.small_lesions.to_dict() if self.small_lesions is not None else None,
+            "small_lesion_fallback_brightness": self.small_lesion_fallback,
+            "healthy_false_lesions_per_brain": self.healthy_false_lesions,
         }
 
 
@@ -200,6 +233,14 @@ def healthy_tail(card: dict[str, Any], map_name: str, adapted: bool) -> HealthyT
     return HealthyTail.from_dict(tails[map_name]) if map_name in tails else None
 
 
+def measured_in_lesions(section: dict[str, Any], name: str) -> tuple[float | None, float | None]:
+    """What calibration measured for the point ``name`` of a card's ``operating_points``
+    section: the small-lesion fallback brightness and the false lesions per healthy brain."""
+    fallback = (section.get("small_lesion_fallback") or {}).get(name)
+    lesions = (section.get("healthy_false_lesions") or {}).get(name)
+    return (None if fallback is None else float(fallback)), (None if lesions is None else float(lesions))
+
+
 def mask_rule(
     points: dict[str, OperatingPoint],
     default: str,
@@ -209,34 +250,55 @@ def mask_rule(
     adapted: bool,
     operating_point: str | None = None,
     threshold: float | None = None,
+    section: dict[str, Any] | None = None,
+    small_lesions: bool = False,
+    min_lesion_mm3: float | None = None,
 ) -> MaskRule:
     """The rule that draws a map's mask: a user's ``threshold`` (no seeds, the operating point's
     minimum size), else the named (or the default) operating point, else, for a model calibrated
-    before operating points, its percentile threshold (``calibrated``: value and method)."""
+    before operating points, its percentile threshold (``calibrated``: value and method).
+
+    ``small_lesions`` (the card's own map) adds the point's small-lesion rule, with the fallback
+    brightness calibration measured (``section``: the card's ``operating_points``), to a preset
+    and to a user's threshold alike; ``min_lesion_mm3`` replaces the point's minimum size (a
+    reader's 3 mm rule, or none).
+    """
     name = operating_point or default
     if operating_point is not None and operating_point not in points:
         known = ", ".join(points) if points else "none (this model predates operating points; recalibrate it with `ssae calibrate`)"
         raise SSAEError(f"unknown operating point {operating_point!r}; this model has: {known}")
+    if min_lesion_mm3 is not None and not (math.isfinite(min_lesion_mm3) and min_lesion_mm3 >= 0):
+        raise SSAEError(f"the minimum lesion size must be a number >= 0 (mm3), got {min_lesion_mm3}")
     point = points.get(name)
-    min_mm3 = point.min_lesion_mm3 if point is not None else fallback_min_mm3
+    min_mm3 = min_lesion_mm3 if min_lesion_mm3 is not None else point.min_lesion_mm3 if point is not None else fallback_min_mm3
+    fallback, lesions = measured_in_lesions(section or {}, name)
+    small = point.small_lesions if point is not None and small_lesions else None
+    extras = {"small_lesions": small, "small_lesion_fallback": fallback if small is not None else None}
     if threshold is not None:
         if not (math.isfinite(threshold) and threshold > 0):
             raise SSAEError(f"the threshold must be a positive number, got {threshold}")
         fraction = tail.fraction_above(threshold) if tail is not None else None
-        return MaskRule(float(threshold), None, min_mm3, "threshold", "given by the user", fraction)
+        return MaskRule(float(threshold), None, min_mm3, "threshold", "given by the user", fraction, **extras)
     if point is not None and tail is not None:
         low = tail.threshold_at(point.healthy_fpr)
         seed = tail.threshold_at(point.seed_fpr) if point.seed_fpr is not None else None
         how = "adapted " if adapted else ""
-        method = f"operating point {name}: {point.describe()} ({how}healthy validation subjects; no lesion labels used)"
-        return MaskRule(low, seed, min_mm3, name, method, point.healthy_fpr)
+        described = point.describe() if small is not None else replace(point, small_lesions=None).describe()
+        method = f"operating point {name}: {described} ({how}healthy validation subjects; no lesion labels used)"
+        counted = lesions if min_lesion_mm3 is None and (small is not None) == (point.small_lesions is not None) else None
+        return MaskRule(low, seed, min_mm3, name, method, point.healthy_fpr, healthy_false_lesions=counted, **extras)
     if calibrated is None:
         raise SSAEError("the model card has no threshold for this map; pass --threshold")
     return MaskRule(calibrated[0], None, min_mm3, "calibrated", calibrated[1], None)
 
 
 def card_mask_rule(
-    card: dict[str, Any], map_name: str, adapted: bool, operating_point: str | None = None, threshold: float | None = None
+    card: dict[str, Any],
+    map_name: str,
+    adapted: bool,
+    operating_point: str | None = None,
+    threshold: float | None = None,
+    min_lesion_mm3: float | None = None,
 ) -> MaskRule:
     """:func:`mask_rule` from a model card as read from the file (torch-free: the Slicer panel)."""
     points, default = operating_points_from_card(card)
@@ -244,4 +306,25 @@ def card_mask_rule(
     value = values.get(map_name, card_thresholds(card).get(map_name))
     calibrated = None if value is None else (float(value), calibration_method(card))
     fallback = float(card["postprocessing"]["min_lesion_mm3"])
-    return mask_rule(points, default, healthy_tail(card, map_name, adapted), calibrated, fallback, adapted, operating_point, threshold)
+    rule = mask_rule(
+        points,
+        default,
+        healthy_tail(card, map_name, adapted),
+        calibrated,
+        fallback,
+        adapted,
+        operating_point,
+        threshold,
+        section=card.get("operating_points") or {},
+        small_lesions=map_name == card.get("score_map", "aggregated"),
+        min_lesion_mm3=min_lesion_mm3,
+    )
+    if card.get("healthy_tails") and card.get("healthy_tails_grid", "slice") != "input":
+        rule = replace(rule, method=rule.method + f"; {SLICE_GRID_TAILS}")
+    return rule
+
+
+SLICE_GRID_TAILS = (
+    "this model's healthy tails were measured on its slice grid by an older calibration, the maps are now on the scan's own "
+    "grid: recalibrate it with `ssae calibrate`"
+)

@@ -1,7 +1,7 @@
 """Residuals -> anomaly score maps -> lesion mask.
 
-Scores are computed on the slice grid (the model's resolution) and only then mapped back to
-the input grid, so that every step has the meaning it has in the paper. Each residual map
+Residual scores are computed on the slice grid (the model's resolution), where every step has
+the meaning it has in the paper, and then mapped back to the input grid. Each residual map
 (``aggregated`` and ``level0``, ``level1``, ...) goes through the authors' steps:
 
 1. *positive part*: FLAIR lesions are hyperintense, so only ``I - Î > 0`` counts;
@@ -13,8 +13,10 @@ the input grid, so that every step has the meaning it has in the paper. Each res
 3. *brain restriction*: zero outside the brain mask eroded by ``brain_erosion`` pixels in-plane
    (a 3x3 cross per iteration), which drops the rim where skull-stripping errors live.
 
-Three more maps combine the residual with the FLAIR intensity ``x`` itself (the scan normalised
-as the model input, without clipping):
+Three more maps combine the aggregated score with the FLAIR intensity ``x`` itself. They are
+computed on the **input grid** (:func:`input_grid_maps`), from the scan's own voxels normalised
+as the model input (:mod:`ssae.preprocessing.input_intensities`), because the model's slices
+average a small lesion with its surroundings until it is no longer brighter than anything:
 
 * ``prior``: the aggregated score where the *hyper-intensity prior* holds, 0 elsewhere. The
   authors (Baur et al., MedIA 2021) keep voxels above a percentile of the scan's brain
@@ -26,7 +28,8 @@ as the model input, without clipping):
   (Meissen et al.), on the same voxels.
 
 The lesion mask is a score map above its threshold, without components smaller than
-``min_lesion_mm3`` (:mod:`ssae.scoring.lesions`).
+``min_lesion_mm3`` (:mod:`ssae.scoring.lesions`), joined by the small lesions of
+:mod:`ssae.scoring.small_lesions` where the operating point asks for them.
 """
 
 from __future__ import annotations
@@ -40,7 +43,10 @@ import torch
 from scipy import ndimage
 
 from ssae.io.errors import SSAEError
+from ssae.preprocessing.input_grid import to_input_grid_many
+from ssae.preprocessing.input_intensities import InputIntensities, input_intensities
 from ssae.preprocessing.pyramid import expand_to
+from ssae.preprocessing.slices import PreparedVolume
 
 MEDIAN_PER_LEVEL = ("same", "scaled")
 
@@ -159,7 +165,8 @@ def residual_scores(residuals: dict[str, np.ndarray], inside: np.ndarray, settin
 def combined_maps(
     aggregated: np.ndarray, intensities: np.ndarray, brain: np.ndarray, inside: np.ndarray, settings: PostprocessingSettings
 ) -> dict[str, np.ndarray]:
-    """``prior``, ``fused`` and ``flair`` from the aggregated score and the FLAIR intensities."""
+    """``prior``, ``fused`` and ``flair`` from the aggregated score and the FLAIR intensities, all
+    on one grid (the input grid in detection: :func:`input_grid_maps`)."""
     flair = np.where(inside, np.maximum(intensities, 0.0), 0.0).astype(np.float32)
     return {
         "prior": np.where(intensities > prior_cutoff(intensities, brain, settings), aggregated, 0.0).astype(np.float32),
@@ -168,19 +175,20 @@ def combined_maps(
     }
 
 
-def score_maps(
-    residuals: dict[str, np.ndarray], intensities: np.ndarray, brain: np.ndarray, settings: PostprocessingSettings
-) -> dict[str, np.ndarray]:
-    """Every score map on the slice grid: one per residual map (``aggregated``, ``levelK``)
-    plus ``prior``, ``fused`` and ``flair`` (see the module doc).
-
-    ``residuals`` maps names to signed residuals; ``intensities`` is the scan normalised as the
-    model input but not clipped, ``brain`` the brain mask, both [slices, size, size].
-    """
-    inside = eroded_brain(brain, settings.brain_erosion)
-    maps = residual_scores(residuals, inside, settings)
-    maps.update(combined_maps(maps["aggregated"], intensities, brain, inside, settings))
-    return maps
+def input_grid_maps(
+    residual_maps: dict[str, np.ndarray], prepared: PreparedVolume, settings: PostprocessingSettings, device: torch.device | str = "cpu"
+) -> tuple[dict[str, sitk.Image], InputIntensities]:
+    """Every score map on the input grid: the slice-grid residual scores of
+    :func:`residual_scores` (``aggregated``, ``levelK``) mapped back, and ``prior``, ``fused``,
+    ``flair`` from the scan's own voxels (see the module doc); also those voxels' intensities."""
+    maps = to_input_grid_many(residual_maps, prepared.grid, prepared.input_reference, prepared.transform, prepared.brain_mask, device)
+    intensities = input_intensities(prepared, settings.brain_erosion * float(prepared.grid.GetSpacing()[0]))
+    aggregated = sitk.GetArrayViewFromImage(maps["aggregated"])
+    for name, array in combined_maps(aggregated, intensities.values, intensities.brain, intensities.inside, settings).items():
+        image = sitk.GetImageFromArray(array)
+        image.CopyInformation(prepared.input_reference)
+        maps[name] = image
+    return maps, intensities
 
 
 def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:

@@ -7,10 +7,12 @@ data sets, never on the cases a result is claimed for (``bench/quality.py``, rep
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from ssae.models.settings import AdaptationSettings
 from ssae.scoring.operating_points import OperatingPoint
+from ssae.scoring.small_lesions import SmallLesionRule
 
 # Training recipe of the shipped model (README: "Re-train the shipped model").
 TRAIN_SIZE = 128
@@ -54,13 +56,14 @@ DEFAULTS_EVIDENCE = {
 
 
 # Operating points: healthy false-positive budgets that turn a map into a mask (ssae.scoring.operating_points),
-# chosen by bench/operating_point.py (report/operating_point.md).
-# balanced: at most 2 % of a healthy brain above the threshold, each lesion holding a voxel above the
-# 0.1 % level (hysteresis); sensitive: the same budget, every component kept; specific: half the budget.
+# joined by small lesions (ssae.scoring.small_lesions), chosen by bench/operating_point.py (report/operating_point.md).
+SMALL_LESIONS = SmallLesionRule(brightness=1.0, fallback_budget=20, min_csf_mm=4.0, min_depth_mm=3.0, max_mm3=400.0)
+
+
 OPERATING_POINTS = {
-    "sensitive": OperatingPoint(healthy_fpr=0.02, seed_fpr=None, min_lesion_mm3=0.0),
-    "balanced": OperatingPoint(healthy_fpr=0.02, seed_fpr=0.001, min_lesion_mm3=0.0),
-    "specific": OperatingPoint(healthy_fpr=0.01, seed_fpr=0.001, min_lesion_mm3=0.0),
+    "sensitive": OperatingPoint(healthy_fpr=0.02, seed_fpr=None, min_lesion_mm3=0.0, small_lesions=replace(SMALL_LESIONS, brightness=0.95)),
+    "balanced": OperatingPoint(healthy_fpr=0.02, seed_fpr=0.0005, min_lesion_mm3=0.0, small_lesions=SMALL_LESIONS),
+    "specific": OperatingPoint(healthy_fpr=0.01, seed_fpr=0.0005, min_lesion_mm3=0.0, small_lesions=None),
 }
 
 

@@ -10,8 +10,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -23,7 +25,7 @@ from ssae.preprocessing.atlas import write_transform
 from ssae.preprocessing.bias_field import bias_correct
 from ssae.preprocessing.registration import align_to_atlas
 from ssae.preprocessing.registration_check import AtlasAlignment, RegistrationQuality, alignment_warnings
-from ssae.preprocessing.slices import PreprocessingSettings, prepare_volume, resample_to_grid
+from ssae.preprocessing.slices import PreparedVolume, PreprocessingSettings, prepare_volume, resample_to_grid
 
 
 def _file_digest(path: Path) -> str:
@@ -108,6 +110,57 @@ def load_slice_stack(
     )
 
 
+def _case_digest(case: Case, *extra: Any) -> str:
+    parts = [_file_digest(case.image), _file_digest(case.brain_mask) if case.brain_mask else None, *extra, PREPROCESSING_VERSION]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
+
+
+def cached_correction(case: Case, image: sitk.Image, brain_mask: sitk.Image | None, cache_root: Path) -> sitk.Image:
+    """The N4-corrected scan of a case, computed once and kept beside the slice cache (keyed by
+    the case's files and the preprocessing version), so that calibration on the scans' own
+    grids does not run N4 again for every pass."""
+    path = cache_root / "corrected" / f"{_case_digest(case)}.nii.gz"
+    if path.exists():
+        corrected = sitk.ReadImage(str(path))
+        if corrected.GetSize() == image.GetSize():
+            corrected.CopyInformation(image)
+            return corrected
+    corrected = bias_correct(image, brain_mask)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.nii.gz")
+    sitk.WriteImage(corrected, str(tmp), True)
+    os.replace(tmp, path)
+    return corrected
+
+
+@dataclass
+class HealthyScan:
+    """One healthy calibration subject on its own grid: prepared as detection prepares it, with its
+    lesion labels (e.g. automatic WMH masks of elderly subjects) to leave out."""
+
+    name: str
+    prepared: PreparedVolume
+    labelled: np.ndarray  # [z, y, x] bool on the input grid, dilated by one voxel
+
+
+def healthy_scans(cases: list[Case], settings: PreprocessingSettings, cache_root: Path, log=print) -> Iterator[HealthyScan]:
+    """The healthy ``cases`` one at a time, as detection prepares them (N4 and the atlas
+    registration from the caches beside the slice cache)."""
+    for index, case in enumerate(cases):
+        log(f"preparing healthy subject {case.name} ({index + 1}/{len(cases)}) on its own grid")
+        image = read_volume(case.image, f"image of {case.name}")
+        brain_mask = read_mask(case.brain_mask, image, f"brain mask of {case.name}") if case.brain_mask else None
+        source = cached_correction(case, image, brain_mask, cache_root) if settings.bias_correction else image
+        alignment = cached_alignment(case, source, brain_mask, settings.bias_correction, cache_root) if settings.atlas else None
+        prepared = prepare_volume(source, replace(settings, bias_correction=False), brain_mask, alignment)
+        prepared.input_reference = image
+        labelled = np.zeros(sitk.GetArrayViewFromImage(image).shape[:3], bool)
+        if case.label is not None:
+            labelled = sitk.GetArrayFromImage(read_mask(case.label, image, f"lesion label of {case.name}")) > 0
+            labelled = ndimage.binary_dilation(labelled, structure=ndimage.generate_binary_structure(3, 1)) if labelled.any() else labelled
+        yield HealthyScan(case.name, prepared, labelled)
+
+
 def cached_alignment(
     case: Case, image: sitk.Image, brain_mask: sitk.Image | None, bias_correction: bool, cache_root: Path
 ) -> AtlasAlignment:
@@ -117,12 +170,7 @@ def cached_alignment(
     so models of different sizes trained on the same scans share one registration per scan.
     ``image`` is the scan as registered: already N4-corrected when ``bias_correction`` is set.
     """
-    digest = hashlib.sha256(
-        json.dumps(
-            [_file_digest(case.image), _file_digest(case.brain_mask) if case.brain_mask else None, bias_correction, PREPROCESSING_VERSION]
-        ).encode()
-    ).hexdigest()[:24]
-    folder = cache_root / "alignments" / digest
+    folder = cache_root / "alignments" / _case_digest(case, bias_correction)
     if (folder / "quality.json").exists():
         quality = RegistrationQuality(**json.loads((folder / "quality.json").read_text(encoding="utf-8")))
         transform = sitk.AffineTransform(sitk.ReadTransform(str(folder / "atlas_to_scan.tfm")))
@@ -144,8 +192,8 @@ def _build_cache(cases: list[Case], settings: PreprocessingSettings, folder: Pat
         log(f"preprocessing {case.name} ({index + 1}/{len(cases)})")
         image = read_volume(case.image, f"image of {case.name}")
         brain_mask = read_mask(case.brain_mask, image, f"brain mask of {case.name}") if case.brain_mask else None
-        # N4 once per scan: the registration and the slices both use the corrected scan.
-        source = bias_correct(image, brain_mask) if settings.bias_correction else image
+        # N4 once per scan: the registration, the slices and calibration on the scan's own grid use the corrected scan.
+        source = cached_correction(case, image, brain_mask, cache_root) if settings.bias_correction else image
         alignment = cached_alignment(case, source, brain_mask, settings.bias_correction, cache_root) if settings.atlas else None
         for warning in alignment_warnings(alignment):
             log(f"warning: {case.name}: {warning} (the run goes on; inspect this scan)")

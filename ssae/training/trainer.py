@@ -52,7 +52,7 @@ from ssae.training.calibration import calibrate_card, reconstruction_fidelity
 from ssae.training.config import RESUME_SUFFIX, TrainingConfig, split_subjects
 from ssae.training.defaults import DEFAULTS_EVIDENCE
 from ssae.training.run_control import Distributed, LevelState, StopRequest
-from ssae.training.slice_cache import SliceStack, load_slice_stack
+from ssae.training.slice_cache import SliceStack, default_cache_dir, healthy_scans, load_slice_stack
 
 
 class Trainer:
@@ -342,8 +342,16 @@ class Trainer:
         )
         if self.dist.main:
             detector = Detector(model, card, self.device)
+            validation = [case for case in self.cases if case.name in self.val_subjects]
+            cache_root = Path(self.cache_dir or default_cache_dir())
             calibrate_card(
-                card, detector, stack, self.val_subjects, cfg.threshold_percentile, cfg.adaptation, cfg.adapt_by_default, self.progress.message
+                card,
+                detector,
+                lambda: healthy_scans(validation, cfg.preprocessing, cache_root, self.progress.message),
+                cfg.threshold_percentile,
+                cfg.adaptation,
+                cfg.adapt_by_default,
+                self.progress.message,
             )
             card.fidelity = {
                 "l1_per_level": reconstruction_fidelity(detector, stack, self.val_subjects),

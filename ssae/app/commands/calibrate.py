@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> None:
     from ssae.models.checkpoint import load_model, save_model
     from ssae.models.devices import resolve_device
     from ssae.training.calibration import calibrate_card
-    from ssae.training.slice_cache import default_cache_dir, load_slice_stack
+    from ssae.training.slice_cache import default_cache_dir, healthy_scans
 
     if args.output.resolve() == args.model.resolve():
         raise SSAEError("write the calibrated model to a new file; the model given is never changed")
@@ -65,12 +65,16 @@ def run(args: argparse.Namespace) -> None:
     else:
         subjects = validation if validation and set(validation) <= set(names) else names
     chosen = [c for c in cases if c.name in subjects]
-    stack = load_slice_stack(chosen, card.preprocessing, args.cache_dir, log=lambda m: print(m, file=sys.stderr))
     adaptation = card.adaptation.settings if card.adaptation is not None else defaults.DEFAULT_ADAPTATION
     enabled = card.adaptation.enabled if card.adaptation is not None else True
     percentile = card.calibration.percentile or 99.9
     detector = Detector(loaded.model, card, device)
-    calibrate_card(card, detector, stack, subjects, percentile, adaptation, enabled, log=lambda m: print(m, file=sys.stderr))
+    cache_root = args.cache_dir or default_cache_dir()
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr)
+
+    calibrate_card(card, detector, lambda: healthy_scans(chosen, card.preprocessing, cache_root, log), percentile, adaptation, enabled, log=log)
     card.training = {**card.training, "calibration_data": {"dataset": dataset_name(args.data), "subjects": subjects}}
     save_model(loaded.model, card, args.output, overwrite=args.overwrite)
     print(f"calibrated on {len(subjects)} healthy subject(s); model written to {args.output}")

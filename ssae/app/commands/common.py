@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ssae.app.arguments import nonnegative_int, percentile, positive_float, positive_int
+from ssae.app.arguments import nonnegative_float, nonnegative_int, percentile, positive_float, positive_int
 from ssae.scoring.operating_points import OPERATING_POINT_NAMES
 from ssae.training import defaults
 
@@ -42,6 +42,15 @@ def add_operating_point(parser: argparse.ArgumentParser) -> None:
         "--threshold",
         type=positive_float,
         help="a threshold in the map's own units instead of the operating point (its minimum lesion size still applies)",
+    )
+    add_min_lesion_size(parser)
+
+
+def add_min_lesion_size(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--min-lesion-mm3",
+        type=nonnegative_float,
+        help="drop mask lesions smaller than this instead of the operating point's minimum (e.g. 14 for MAGNIMS' 3 mm, 0 for none)",
     )
 
 

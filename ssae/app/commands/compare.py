@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ssae.app.arguments import nonnegative_float, positive_float, positive_int, progress_log_path
-from ssae.app.commands.common import add_adaptation, add_device, requested_adaptation, warn
+from ssae.app.commands.common import add_adaptation, add_device, add_min_lesion_size, requested_adaptation, warn
 from ssae.io.errors import SSAEError
 from ssae.scoring.change import ChangeRule
 from ssae.scoring.operating_points import OPERATING_POINT_NAMES
@@ -38,6 +38,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     compare.add_argument(
         "--operating-point", choices=OPERATING_POINT_NAMES, help="the preset that draws each scan's lesion mask (default: the card's)"
     )
+    add_min_lesion_size(compare)
     compare.add_argument(
         "--adapt",
         action=argparse.BooleanOptionalAction,
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     options = {
         "adaptation": requested_adaptation(args, detector),
         "operating_point": args.operating_point,
+        "min_lesion_mm3": args.min_lesion_mm3,
         "rule": ChangeRule(z=args.change_z, min_change_mm3=args.min_change_mm3, brighter_than=prior_factor),
         "fmt": args.format,
         "overwrite": args.overwrite,

@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         "score_map": args.score_map,
         "threshold": args.threshold,
         "operating_point": args.operating_point,
+        "min_lesion_mm3": args.min_lesion_mm3,
         "adaptation": adaptation,
         "fmt": args.format,
         "figure": args.figure,
@@ -100,12 +101,14 @@ def run(args: argparse.Namespace) -> int:
         warn(warning)
     stats = outcome.result.statistics
     adapted = f", adapted in {outcome.result.adaptation.seconds:.1f} s" if outcome.result.adaptation else ""
-    rule = outcome.result.rule
-    expected = rule.expected_false_positive_ml(outcome.result.brain_ml)
-    healthy = f"; a healthy brain of this size would show about {expected:.2g} ml" if expected is not None else ""
+    result = outcome.result
+    rule = result.rule
+    meaning = rule.healthy_meaning(result.brain_ml)
+    small = result.small_lesions
+    joined = f", {small.added} of them small lesions outside the voxel mask" if small is not None and small.added else ""
     print(
-        f"{stats.count} lesion(s), {stats.total_ml:.2f} ml: {outcome.result.score_map} map above {rule.threshold:.4g} "
-        f"({rule.operating_point}{healthy}){adapted}"
+        f"{stats.count} lesion(s){joined}, {stats.total_ml:.2f} ml: {result.score_map} map above {rule.threshold:.4g} "
+        f"({rule.operating_point}{'; on healthy brains: ' + meaning if meaning else ''}){adapted}"
     )
     for name, path in outcome.paths.items():
         print(f"{name:>12s}: {path}")

@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ssae.app.commands.common import add_device, fmt, warn
+from ssae.app.commands.common import add_device, add_min_lesion_size, fmt, warn
 from ssae.scoring.operating_points import OPERATING_POINT_NAMES
 from ssae.training import defaults
 
@@ -41,6 +41,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--operating-point", choices=OPERATING_POINT_NAMES, help="the preset that draws the mask being scored (default: the model card's)"
     )
+    add_min_lesion_size(evaluate)
     evaluate.add_argument("--overwrite", action="store_true", help="replace existing result files")
     add_device(evaluate)
     evaluate.set_defaults(run=run)
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> None:
     from ssae.evaluation.labelled_sets import evaluate, report_paths, write_report
     from ssae.io.cases import check_case_files, check_output_apart, find_cases
     from ssae.io.writing import check_output_folder, refuse_existing
-    from ssae.scoring.lesion_metrics import RULE
+    from ssae.scoring.lesion_metrics import BAND_NAMES, RULE
 
     refuse_existing(list(report_paths(args.output_dir).values()), args.overwrite)
     check_output_folder(args.output_dir, 10_000_000)
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> None:
         scales=not args.no_scales,
         log=lambda m: print(m, file=sys.stderr),
         operating_point=args.operating_point,
+        min_lesion_mm3=args.min_lesion_mm3,
     )
     for warning in report.warnings:
         warn(warning)
@@ -79,12 +81,15 @@ def run(args: argparse.Namespace) -> None:
         print(f"{name:24s}{fmt(values.get('auprc')):>8s}{fmt(values.get('best_dice')):>9s}{fmt(values.get('dice_at_threshold')):>9s}")
     print("[DICE]: threshold chosen on the test labels (an upper bound); Dice@t: the map's percentile threshold")
     print(f"\nthe mask ({report.score_map} map, operating point {report.operating_point}) beside the label-free FLAIR rule, pooled:")
-    print(f"{'':24s}{'Dice':>7s}{'sens':>7s}{'prec':>7s}{'F1':>7s}{'FP/scan':>9s}{'ml':>9s}{'true ml':>9s}")
+    bands = "".join(f"{'sens ' + band.replace(' mm3', ''):>13s}" for band in BAND_NAMES)
+    print(f"{'':24s}{'Dice':>7s}{'found':>9s}{'sens':>7s}{'prec':>7s}{'F1':>7s}{bands}{'FP/scan':>9s}{'ml':>9s}{'true ml':>9s}")
     for name, counts in report.lesions.items():
         d = counts.to_dict()
+        found = f"{d['found']}/{d['true_lesions']}"
+        by_size = "".join(f"{fmt(v):>13s}" for v in d["sensitivity_by_size"].values())
         print(
-            f"{name:24s}{fmt(d['dice']):>7s}{fmt(d['lesion_sensitivity']):>7s}{fmt(d['lesion_precision']):>7s}{fmt(d['lesion_f1']):>7s}"
-            f"{fmt(d['false_positive_lesions_per_case']):>9s}{d['mask_ml']:9.2f}{d['true_ml']:9.2f}"
+            f"{name:24s}{fmt(d['dice']):>7s}{found:>9s}{fmt(d['lesion_sensitivity']):>7s}{fmt(d['lesion_precision']):>7s}"
+            f"{fmt(d['lesion_f1']):>7s}{by_size}{fmt(d['false_positive_lesions_per_case']):>9s}{d['mask_ml']:9.2f}{d['true_ml']:9.2f}"
         )
     print(f"lesions: {RULE}")
     for name, path in paths.items():
