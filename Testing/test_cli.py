@@ -54,6 +54,7 @@ def test_detect_writes_maps_mask_and_summary_on_the_input_grid(tiny_model, small
             "flair_fused.nrrd",
             "flair_flair.nrrd",
             "flair_lesion_mask.nrrd",
+            "flair_small_lesions.nrrd",
             "flair_lesions.csv",
             "flair_summary.json",
             "flair_figure.png",
@@ -71,7 +72,13 @@ def test_detect_writes_maps_mask_and_summary_on_the_input_grid(tiny_model, small
     assert summary["files"]["score"] == str(out / "flair_prior.nrrd") and summary["score_map"] == "prior"
     assert summary["adaptation"]["settings"]["epochs"] >= 1  # the model card asks for adaptation: done on a copy
     score = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "flair_prior.nrrd")))
-    assert (score[mask.astype(bool)] > summary["threshold"]).all()
+    below = mask.astype(bool) & ~(score > summary["threshold"])  # voxels the small-lesion rule added, nothing else
+    small = summary["small_lesions"]
+    assert not below.any() or (small is not None and small["added"] > 0 and small["threshold"] is not None)
+    # the small lesions of the run's point (balanced) are exactly what its mask holds beyond the voxel mask
+    bits = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "flair_small_lesions.nrrd")))
+    balanced = (bits & summary["small_lesion_bits"]["balanced"]) > 0
+    assert not (below & ~balanced).any() and not (balanced & ~mask.astype(bool)).any()
     assert "lesion(s)" in capsys.readouterr().out
     # A second run refuses to overwrite, and leaves the files as they were.
     before = (out / "flair_summary.json").read_bytes()

@@ -117,6 +117,43 @@ def test_threshold_changes_update_segment_and_table_without_rerunning(oblique_sc
     assert level.statistics.count >= 0
 
 
+def test_each_operating_point_brings_its_own_small_lesions(oblique_scene):
+    """The run judged every small lesion for every operating point; switching the point in the
+    panel switches them too, exactly as the engine draws that point's mask."""
+    from ssae.io.model_file import read_card
+    from ssae.scoring.lesions import label_lesions
+    from ssae.scoring.mask_drawing import SMALL_LESION_BITS
+
+    _, _, logic, _ = oblique_scene
+    logic.detect()
+    params = logic.parameters
+    node = params.small_lesions
+    assert node is not None and node.GetAttribute("SSAE.runPoint") == "balanced" and node.GetHideFromEditors()
+    bits = array_from_volume_node(node)
+    assert (bits & SMALL_LESION_BITS["balanced"]).any() and not (bits & SMALL_LESION_BITS["specific"]).any()
+    assert not ((bits & SMALL_LESION_BITS["balanced"]) > 0)[(bits & SMALL_LESION_BITS["sensitive"]) == 0].any()  # sensitive keeps more
+    card = read_card(params.model_path)
+    score_node = params.result_volume("prior")
+    score = image_from_volume_node(score_node)
+    voxel_ml = float(np.prod(score.GetSpacing())) / 1000.0
+    totals = {}
+    for point in ("sensitive", "balanced", "specific"):
+        table = logic.apply_operating_point(point)
+        rule = card_mask_rule(card, "prior", False, point)
+        voxels = sitk.GetArrayFromImage(label_lesions(score, rule.threshold, rule.min_lesion_mm3, rule.seed_threshold)) > 0
+        expected = voxels | ((bits & SMALL_LESION_BITS[point]) > 0)
+        assert table.statistics.total_ml == pytest.approx(expected.sum() * voxel_ml, rel=1e-6), point
+        totals[point] = table.statistics.count
+        assert "false lesions" in logic.threshold_meaning()
+    assert totals["sensitive"] > totals["specific"]
+    calibrated = params.threshold_of("prior")
+    mine = logic.apply_threshold(calibrated * 1.5)  # the user's threshold keeps the run's point's small lesions
+    voxels = array_from_volume_node(score_node) > calibrated * 1.5
+    assert mine.statistics.total_ml >= ((bits & SMALL_LESION_BITS["balanced"]) > 0).sum() * voxel_ml * 0.999
+    assert "small lesions of the balanced operating point" in logic.threshold_meaning()
+    assert voxels.sum() * voxel_ml <= mine.statistics.total_ml + 1e-9
+
+
 def test_exports_keep_the_input_geometry_and_refuse_to_overwrite(oblique_scene, tmp_path):
     _, _, logic, volume = oblique_scene
     logic.detect()

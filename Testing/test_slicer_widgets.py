@@ -234,7 +234,7 @@ def test_detect_loads_the_results_and_the_mask_follows_threshold_map_and_operati
     (tmp_path / "lesions.csv").write_text("an older file the user chose to replace in the dialog", encoding="utf-8")
     widget.ui.exportTableButton.click()
     assert (tmp_path / "mask.nii.gz").is_file()
-    assert (tmp_path / "lesions.csv").read_text(encoding="utf-8").startswith("lesion,volume_ml,voxels,longest_axis_mm,peak_score")
+    assert (tmp_path / "lesions.csv").read_text(encoding="utf-8").startswith("lesion,volume_ml,size_band,voxels,longest_axis_mm,peak_score")
     assert [d.kind for d in session.dialogs] == ["save file", "save file"]  # no second "replace?" question
     assert REFUSED_CONNECTIONS == []
 

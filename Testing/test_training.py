@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 
 import pytest
+import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
@@ -131,6 +132,40 @@ def test_model_card_records_training_and_a_label_free_threshold(tiny_model):
     assert training["data"]["lesion_voxels_excluded_from_loss"] > 0
     assert set(training["data"]["train_subjects"]).isdisjoint(training["data"]["val_subjects"])
     assert set(card["fidelity"]["l1_per_level"]) == {"level0", "level1", "level2"}
+
+
+def test_calibration_measures_on_the_subjects_own_grid_and_in_lesions(tiny_model, small_cases):
+    """The healthy tails are of the maps on the validation subject's own grid, and what the card
+    says each operating point draws on a healthy brain is what the engine draws there."""
+    from ssae.detection.detector import Detector, small_lesion_evidence
+    from ssae.io.cases import find_cases
+    from ssae.scoring.mask_drawing import draw_lesions
+    from ssae.scoring.score_maps import input_grid_maps
+    from ssae.training.calibration import false_lesions_per_brain, HealthySubject
+    from ssae.training.slice_cache import healthy_scans
+
+    card = read_model_card(tiny_model)
+    assert card["format_version"] == 4 and card["healthy_tails_grid"] == "input"
+    assert "on their own grids" in card["calibration"]["method"]
+    section = card["operating_points"]
+    assert set(section["healthy_false_lesions"]) == set(section["points"]) == set(section["small_lesion_fallback"])
+    assert card["healthy_candidates"]["subjects"] == len(card["training"]["data"]["val_subjects"])
+    detector = Detector.from_file(tiny_model, "cpu")
+    validation = [c for c in find_cases(small_cases) if c.name in card["training"]["data"]["val_subjects"]]
+    (scan,) = list(healthy_scans(validation, detector.card.preprocessing, small_cases.parent / "calibration-cache", lambda m: None))
+    adapted, _ = detector.adapted_to(scan.prepared.slices, scan.prepared.brain, detector.default_adaptation())
+    residuals = adapted.slice_residuals(scan.prepared.slices)
+    maps, intensities = input_grid_maps(adapted.grid_score_maps(scan.prepared, residuals), scan.prepared, detector.card.postprocessing)
+    assert maps["prior"].GetSize() == scan.prepared.input_reference.GetSize()  # the subject's own grid
+    counted = intensities.inside & ~scan.labelled
+    tail = detector.card.healthy_tails["adapted"]["prior"]
+    assert tail.voxels == int(counted.sum())  # every counted voxel of the one validation subject, and nothing else
+    subject = HealthySubject(maps["prior"], small_lesion_evidence(intensities), scan.labelled)
+    for name, recorded in section["healthy_false_lesions"].items():
+        assert false_lesions_per_brain(detector.card, name, True, [subject]) == pytest.approx(recorded, abs=0.01)
+        rule = detector.card.mask_rule("prior", True, name)
+        labels, _ = draw_lesions(maps["prior"], rule, subject.evidence)
+        assert int(sitk.GetArrayViewFromImage(labels).max()) >= recorded  # false lesions are among the lesions drawn
 
 
 def test_torchrun_ddp_on_two_processes(small_cases, tmp_path):

@@ -20,7 +20,12 @@
    with their WMH masks). A second sampling seed of each setting shows how far the AUPRC moves
    for a registration that is merely different, not worse.
 
-    python bench/detect.py [--device cpu] [--batch-size N] [--repeats 2] [--accuracy] [--data ../shared/data]
+4. With ``--compare-with REV`` (a git revision of this repository): the default click, ``ssae
+   detect`` with the shipped model and its default adaptation on MSLUB patient 19, by this
+   checkout and by REV (a temporary ``git worktree``, with the model it shipped), taking turns,
+   ``--repeats`` times each: wall seconds of the command and its own timings.
+
+    python bench/detect.py [--device cpu] [--batch-size N] [--repeats 2] [--accuracy] [--data ../shared/data] [--compare-with REV]
 """
 
 from __future__ import annotations
@@ -299,6 +304,44 @@ def accuracy_table(data: Path, device: str) -> None:
             )
 
 
+def compare_with(revision: str, repeats: int, device: str) -> None:
+    """The default click by this checkout and by ``revision``, taking turns (see the module doc)."""
+    import json
+
+    with tempfile.TemporaryDirectory() as tmp:
+        worktree = Path(tmp) / "revision"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(worktree), revision], check=True, capture_output=True)
+        try:
+            checkouts = {"this checkout": REPO, revision: worktree}
+            rows: dict[str, list[tuple[float, dict]]] = {name: [] for name in checkouts}
+            for repeat in range(repeats):
+                for name, root in checkouts.items():
+                    out = Path(tmp) / f"out-{repeat}-{len(rows[name])}-{name.replace(' ', '_')}"
+                    model = root / "Resources" / "Models" / "ssae-dense-nichart.safetensors"
+                    sample = root / "Resources" / "SampleData" / "MSLUB" / "patient19" / "flair.nii.gz"
+                    env = {**os.environ, "PYTHONPATH": str(root)}
+                    started = time.perf_counter()
+                    subprocess.run(
+                        [sys.executable, "-m", "ssae.app.cli", "detect", str(model), str(sample), "-o", str(out), "--device", device],
+                        check=True, capture_output=True, env=env, cwd=str(root),
+                    )
+                    summary = json.loads((out / "flair_summary.json").read_text(encoding="utf-8"))
+                    rows[name].append((time.perf_counter() - started, summary["timings_s"]))
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)], capture_output=True)
+    print(f"\nDefault click (ssae detect, shipped model, default adaptation, MSLUB patient 19), {repeats} runs each, taking turns:")
+    print(f"{'checkout':>16s}{'wall s (min / mean)':>22s}{'in command s':>14s}{'resample s':>12s}{'mask s':>9s}")
+    for name, runs in rows.items():
+        walls = [w for w, _ in runs]
+        inside = [sum(t.values()) - t.get("n4_s", 0) - t.get("registration_s", 0) - t.get("slicing_s", 0) for _, t in runs]
+        best = min(range(len(runs)), key=lambda i: walls[i])
+        timings = runs[best][1]
+        print(
+            f"{name:>16s}{min(walls):>11.1f} / {np.mean(walls):<8.1f}{min(inside):>14.1f}"
+            f"{timings.get('resample_s', 0):>12.2f}{timings.get('mask_s', 0):>9.2f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -306,7 +349,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs per row; the fastest is reported")
     parser.add_argument("--accuracy", action="store_true", help="also compare the earlier and current N4/registration settings")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--compare-with", metavar="REV", help="also time the default click of this git revision, taking turns")
     args = parser.parse_args()
+    if args.compare_with:
+        compare_with(args.compare_with, max(args.repeats, 1), args.device)
+        return
     device = resolve_device(args.device)
     print(f"{platform.machine()}, {os.cpu_count()} CPU cores, {describe_device(device)}; torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -160,6 +161,42 @@ def case_edited_card_detect() -> None:
 
 def case_edited_card_info() -> None:
     expect_error(run(["info", edited_card_model()]), "checksum", 10)
+
+
+def resealed_card_model(edit: Callable[[dict], None], name: str) -> Path:
+    """The shipped model with its card edited by ``edit`` and the card's checksum recomputed: a
+    model file that is intact but says something malformed."""
+    data = MODEL.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length].decode("utf-8"))
+    card = json.loads(header["__metadata__"]["ssae_model_card"])
+    edit(card)
+    text = json.dumps(card)
+    header["__metadata__"]["ssae_model_card"] = text
+    header["__metadata__"]["ssae_card_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    encoded = json.dumps(header).encode("utf-8")
+    path = WORK / name
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + length :])
+    return path
+
+
+def case_malformed_small_lesion_rule() -> None:
+    def edit(card: dict) -> None:
+        card["operating_points"]["points"]["balanced"]["small_lesions"]["brightness"] = "bright"
+
+    path = resealed_card_model(edit, "small-rule.safetensors")
+    for command in (["info", path], ["detect", path, FLAIR, "-o", WORK / "o"]):
+        expect_error(run(command), "small-lesion rule is malformed", 10)
+    assert not final_files(WORK / "o")
+
+
+def case_malformed_healthy_candidates() -> None:
+    def edit(card: dict) -> None:
+        card["healthy_candidates"]["rows"][0][0] = 99  # a subject the calibration never had
+
+    path = resealed_card_model(edit, "candidates.safetensors")
+    expect_error(run(["detect", path, FLAIR, "-o", WORK / "o"]), "healthy candidates are malformed", 10)
+    assert not final_files(WORK / "o")
 
 
 def case_tampered_weights() -> None:
@@ -644,6 +681,8 @@ CASES: dict[str, Callable[[], None]] = {
     "model card edited (detect)": case_edited_card_detect,
     "model card edited (info)": case_edited_card_info,
     "weights tampered": case_tampered_weights,
+    "malformed small-lesion rule in a resealed card (info, detect)": case_malformed_small_lesion_rule,
+    "malformed healthy candidates in a resealed card": case_malformed_healthy_candidates,
     "truncated .nii.gz": case_truncated_gzip,
     "truncated .nii": case_truncated_nii,
     "not an image": case_not_an_image,
@@ -662,6 +701,8 @@ CASES: dict[str, Callable[[], None]] = {
     "--threshold nan": _flag("--threshold", "nan"),
     "--threshold -1": _flag("--threshold", "-1"),
     "--threshold inf": _flag("--threshold", "inf"),
+    "--min-lesion-mm3 -1": _flag("--min-lesion-mm3", "-1"),
+    "--min-lesion-mm3 nan": _flag("--min-lesion-mm3", "nan"),
     "--adapt-epochs 0": _flag("--adapt", "--adapt-epochs", "0"),
     "--adapt-lr nan": _flag("--adapt", "--adapt-lr", "nan"),
     "--adapt-exclude-percentile 150": _flag("--adapt", "--adapt-exclude-percentile", "150"),

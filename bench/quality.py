@@ -49,13 +49,12 @@ from ssae.evaluation.bootstrap import bootstrap_intervals
 from ssae.io.cases import read_case_volumes
 from ssae.io.resources import default_model_path
 from ssae.preprocessing.input_grid import to_input_grid_many
-from ssae.preprocessing.input_intensities import input_intensities
 from ssae.preprocessing.slices import prepare_volume
 from ssae.scoring.baselines import flair_rule_mask, intensity_score, strong_intensity_score
 from ssae.scoring.lesion_metrics import RULE, LesionCounts, lesion_counts
 from ssae.scoring.metrics import average_precision, best_dice
 from ssae.scoring.mask_drawing import draw_lesions
-from ssae.scoring.score_maps import PostprocessingSettings, combined_maps, eroded_brain, input_grid_maps, residual_scores
+from ssae.scoring.score_maps import PostprocessingSettings, combined_maps, eroded_brain, input_grid_maps, residual_scores, score_maps
 from ssae.training import defaults
 from ssae.training.slice_cache import PREPROCESSING_VERSION
 
@@ -95,6 +94,12 @@ def candidates(base: PostprocessingSettings) -> list[Candidate]:
             out.append(Candidate(adaptation, "level1", replace(base, median_size=5, median_per_level=per_level)))
     out.append(Candidate("none", "flair", base))
     return out
+
+
+def on_input_grid(dev: DevCase, grid_map: np.ndarray) -> np.ndarray:
+    p = dev.prepared
+    back = to_input_grid_many({"m": grid_map}, p.grid, dev.image, p.transform, p.brain_mask)["m"]
+    return sitk.GetArrayFromImage(back)[dev.counted]
 
 
 def pooled(per_case: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
@@ -144,14 +149,12 @@ def main() -> None:
         """Scores of the counted voxels of one case, for the named candidates and baselines.
 
         Median filtering depends only on (adaptation, median settings): it runs once per such
-        pair. The residual maps go back to the input grid together; the prior and fusion variants
-        are cheap products on top, with the scan's own voxels there, as detection computes them
-        (:func:`ssae.scoring.score_maps.input_grid_maps`).
+        pair; the prior and fusion variants are cheap products on top. All grid maps go back to
+        the input grid together, as components of vector images.
         """
         residuals = {key: residuals_for(detector, dev, key, work, digest, adapt_seconds) for key in ADAPTATIONS}
         inside = eroded_brain(dev.prepared.brain, base.brain_erosion)
-        native = input_intensities(dev.prepared, base.brain_erosion * float(dev.prepared.grid.GetSpacing()[0]))
-        out, filtered, grid_maps, combined = {}, {}, {}, {}
+        out, filtered, grid_maps = {}, {}, {}
         for name in names:
             if name == RAW:
                 out[name] = intensity_score(dev.image, dev.prepared)[dev.counted]
@@ -168,22 +171,15 @@ def main() -> None:
                 if cand.map in scores:
                     grid_maps[name] = scores[cand.map]
                 else:
-                    grid_maps[f"aggregated {key}"] = scores["aggregated"]
-                    combined[name] = key
+                    grid_maps[name] = combined_maps(scores["aggregated"], dev.prepared.intensities, dev.prepared.brain, inside, cand.post)[
+                        cand.map
+                    ]
         keys = list(grid_maps)
-        back: dict[str, np.ndarray] = {}
         for start in range(0, len(keys), 16):
             chunk = {k: grid_maps[k] for k in keys[start : start + 16]}
             p = dev.prepared
             for name, image in to_input_grid_many(chunk, p.grid, dev.image, p.transform, p.brain_mask).items():
-                back[name] = sitk.GetArrayFromImage(image)
-        for name, key in combined.items():
-            cand = by_name[name]
-            maps = combined_maps(back[f"aggregated {key}"], native.values, native.brain, native.inside, cand.post)
-            out[name] = maps[cand.map][dev.counted]
-        for name in grid_maps:
-            if name in by_name or name == STRONG:
-                out[name] = back[name][dev.counted]
+                out[name] = sitk.GetArrayViewFromImage(image)[dev.counted].copy()
         return out
 
     # Pass 1: pooled metrics of every candidate, one data set at a time (bounded memory).
@@ -210,9 +206,10 @@ def main() -> None:
     for dev in devs:
         for name, values in case_scores(dev, shown).items():
             per_case[name].setdefault(dev.dataset, []).append((values, dev.labels))
-        native = input_intensities(dev.prepared, default.post.brain_erosion * float(dev.prepared.grid.GetSpacing()[0]))
+        inside = eroded_brain(dev.prepared.brain, default.post.brain_erosion)
+        aggregated = dev.prepared.intensities  # any [slices, size, size] float map: the cost does not depend on the values
         t0 = time.perf_counter()
-        combined_maps(native.values, native.values, native.brain, native.inside, default.post)  # the cost does not depend on the values
+        combined_maps(aggregated, dev.prepared.intensities, dev.prepared.brain, inside, default.post)
         combined_seconds.append(time.perf_counter() - t0)
     intervals = {name: {ds: bootstrap_intervals(per_case[name][ds], rng, 1000) for ds in datasets} for name in shown}
 
@@ -228,7 +225,7 @@ def main() -> None:
         for dev in devs:
             residuals = residuals_for(detector, dev, card_key, work, digest, adapt_seconds)
             p = dev.prepared
-            maps, intensities = input_grid_maps(residual_scores(residuals, eroded_brain(p.brain, base.brain_erosion), base), p, base)
+            maps, intensities = input_grid_maps(score_maps(residuals, p.intensities, p.brain, base), p, base)
             evidence = small_lesion_evidence(intensities) if rule.small_lesions is not None else None
             truth = sitk.GetArrayFromImage(read_case_volumes(dev.case, need_label=True)[2]).astype(bool)
             drawn = sitk.GetArrayFromImage(draw_lesions(maps[card.score_map], rule, evidence)[0]) > 0
@@ -251,9 +248,8 @@ def main() -> None:
                         prepared = prepare_volume(corrected, settings, read_case_volumes(dev.case)[1], dev.prepared.alignment)
                         other_dev = DevCase(dev.dataset, dev.case, dev.image, prepared, dev.counted, dev.labels)
                         res = residuals_for(other, other_dev, key, work, other_digest, {})
-                        scores = residual_scores(res, eroded_brain(prepared.brain, default.post.brain_erosion), default.post)
-                        maps, _ = input_grid_maps(scores, prepared, default.post)
-                        cases.append((sitk.GetArrayViewFromImage(maps[map_name])[dev.counted], dev.labels))
+                        maps = score_maps(res, dev.prepared.intensities, dev.prepared.brain, default.post)
+                        cases.append((on_input_grid(dev, maps[map_name]), dev.labels))
                     rows[ds] = pooled(cases)
                 ours = Candidate(key, map_name, default.post).name
                 compare[ours] = (

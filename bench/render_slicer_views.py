@@ -84,7 +84,7 @@ def main() -> None:
                     f"{rows.statistics.count} lesions, {rows.statistics.total_ml:.1f} ml\n" + "\n".join(textwrap.wrap(meaning, 62)),
                 )
             )
-        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 6.0))
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 6.8))
         for ax, (path, title) in zip(axes, panels):
             ax.imshow(plt.imread(path))
             ax.set_title(title, fontsize=8)
@@ -95,7 +95,7 @@ def main() -> None:
             f"label-free operating point, after scanner adaptation (consensus lesions: {truth_ml:.1f} ml)",
             fontsize=9,
         )
-        fig.tight_layout(rect=(0, 0, 1, 0.95))
+        fig.tight_layout(rect=(0, 0, 1, 0.94))
         args.output_dir.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.output_dir / "slicer_views.png", dpi=100)
     print(f"wrote {args.output_dir / 'slicer_views.png'}")
@@ -209,10 +209,6 @@ def render_batch(output: Path, device: str) -> None:
     print(f"wrote {output}")
 
 
-if __name__ == "__main__":
-    main()
-
-
 def render_followup(output: Path, device: str) -> None:
     """The follow-up reading as Slicer draws it: prior (on the follow-up grid), follow-up, changes."""
     from ssae.app.processes import wait_for
@@ -287,3 +283,7 @@ def slicer_segment_array(segmentation_node, segment_id: str, reference) -> np.nd
     values = array_from_volume_node(labelmap) > 0
     segmentation_node.GetScene().RemoveNode(labelmap)
     return values
+
+
+if __name__ == "__main__":
+    main()

@@ -161,7 +161,7 @@ class AnomalyLogic(SceneResults, BatchDetection, ResultExports):
         alignment = result.prepared.alignment
         self.registration = alignment.quality.to_dict() if alignment else None
         lesions = self.show_results(
-            volume, result.maps, card, adapt, replace_previous, None, result.brain_ml, operating_point, result.mask
+            volume, result.maps, card, adapt, replace_previous, None, result.brain_ml, operating_point, result.small_lesions_by_point
         )
         if alignment is not None:
             self._add_transform(volume, alignment.transform)
@@ -264,8 +264,8 @@ class AnomalyLogic(SceneResults, BatchDetection, ResultExports):
             p.name[len(stem) + 1 : -len(".nrrd")]: read_volume(p, "result", allow_constant=True)
             for p in sorted(folder.glob(f"{stem}_*.nrrd"))
         }
-        lesion_mask = maps.get("lesion_mask")
-        maps = {name: image for name, image in maps.items() if name not in ("lesion_mask", "brainmask")}
+        small_lesions = maps.get("small_lesions")
+        maps = {name: image for name, image in maps.items() if name not in ("lesion_mask", "brainmask", "small_lesions")}
         if "aggregated" not in maps:
             raise SSAEError("the detection process wrote no results")
         summary = _read_json(folder / f"{stem}_summary.json")
@@ -279,7 +279,7 @@ class AnomalyLogic(SceneResults, BatchDetection, ResultExports):
             summary.get("score_map"),
             summary.get("brain_ml"),
             inputs.operating_point,
-            lesion_mask,
+            small_lesions,
         )
         transform = folder / f"{stem}_atlas_to_scan.tfm"
         if transform.exists():

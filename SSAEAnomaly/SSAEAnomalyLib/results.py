@@ -8,13 +8,16 @@
   file ships in ``Resources/Terminology`` and is loaded when the module starts);
 * a table of the connected lesions of the map that drives the mask (volume in ml, size band,
   voxels, centroid in RAS), exportable as CSV;
-* the small lesions the run's operating point found beside that map's voxel mask
-  (:mod:`ssae.scoring.small_lesions`), as a label volume that joins that map's segment;
+* the small lesions each operating point finds beside the model's map's voxel mask
+  (:mod:`ssae.scoring.small_lesions`), as one hidden label volume whose bits name the points;
+  the current point's join that map's segment;
 * everything in one subject-hierarchy folder under the input volume's study.
 
 Moving the threshold recomputes only the affected segment and the table from the stored score
-volume (no model run), so it stays interactive on full volumes; the small lesions stay those of
-the run (a small lesion is judged against the scan's own voxels, which the scene does not hold).
+volume (no model run), so it stays interactive on full volumes; switching the operating point
+also switches its small lesions, and a threshold of the user's keeps those of the point in use
+(a small lesion is judged on the scan's own voxels, which the scene does not hold: the run
+judged it for every point).
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import vtk
 
 from ssae.scoring.lesions import LesionTable, label_lesions, lesion_table, relabel_by_size
 from ssae.scoring.maps import map_title
-from ssae.scoring.operating_points import MaskRule
 
 from .volumes import array_from_volume_node, image_from_volume_node, update_volume_node_from_array, update_volume_node_from_image
 
@@ -102,18 +104,12 @@ def ensure_segment(segmentation_node, map_name: str, title: str) -> str:
     return segment_id
 
 
-def small_lesion_voxels(lesion_mask: sitk.Image, score: sitk.Image, rule: MaskRule) -> np.ndarray:
-    """The voxels a detection's lesion mask holds beyond ``score``'s voxel mask under the run's
-    ``rule``: the small lesions its small-lesion rule added."""
-    voxel_mask = sitk.GetArrayViewFromImage(label_lesions(score, rule.threshold, rule.min_lesion_mm3, rule.seed_threshold)) > 0
-    return (sitk.GetArrayViewFromImage(lesion_mask) > 0) & ~voxel_mask
-
-
-def add_small_lesions(scene, reference, voxels: np.ndarray, name: str):
-    """A label volume (hidden, 1 = small lesion) with the run's small lesions."""
+def add_small_lesions(scene, reference, by_point: sitk.Image, name: str):
+    """A hidden label volume with the run's small lesions of every operating point (bits:
+    :data:`ssae.scoring.mask_drawing.SMALL_LESION_BITS`)."""
     node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName(name))
     node.CopyOrientation(reference)
-    update_volume_node_from_array(node, voxels.astype(np.uint8))
+    update_volume_node_from_array(node, sitk.GetArrayFromImage(by_point).astype(np.uint8))
     node.SetHideFromEditors(True)
     return node
 
@@ -125,15 +121,17 @@ def update_segment(
     threshold: float,
     min_lesion_mm3: float,
     seed_threshold: float | None = None,
-    small_lesions_node=None,
+    small_lesions: tuple[object, int] | None = None,
 ) -> LesionTable:
     """Set the segment to ``score > threshold`` (small components, and with ``seed_threshold``
-    components without a voxel above it, removed), joined by the small lesions of
-    ``small_lesions_node`` where given; return its lesions."""
+    components without a voxel above it, removed), joined by the small lesions of one point
+    (``small_lesions``: the run's small-lesion volume and the point's bit) where given; return
+    its lesions."""
     score = image_from_volume_node(score_node)
     labels = label_lesions(score, threshold, min_lesion_mm3, seed_threshold)
-    if small_lesions_node is not None:
-        small = array_from_volume_node(small_lesions_node) > 0
+    if small_lesions is not None:
+        node, bit = small_lesions
+        small = (array_from_volume_node(node) & bit) > 0
         if small.shape == sitk.GetArrayViewFromImage(labels).shape and small.any():
             joined = sitk.GetImageFromArray(((sitk.GetArrayViewFromImage(labels) > 0) | small).astype(np.uint8))
             joined.CopyInformation(score)

@@ -12,6 +12,7 @@ import slicer
 
 from ssae.io.errors import SSAEError
 from ssae.scoring.lesions import LesionTable
+from ssae.scoring.mask_drawing import SMALL_LESION_BITS
 from ssae.scoring.maps import map_order, map_title
 from ssae.scoring.operating_points import HealthyTail, card_mask_rule, healthy_tail, mask_rule, measured_in_lesions, operating_points_from_card
 
@@ -24,7 +25,6 @@ from .results import (
     place_under_input_study,
     segment_id_of,
     segment_name,
-    small_lesion_voxels,
     style_score_volume,
     update_segment,
 )
@@ -48,15 +48,16 @@ class SceneResults:
         score_map: str | None = None,
         brain_ml: float | None = None,
         operating_point: str = "",
-        lesion_mask: sitk.Image | None = None,
+        small_lesions: sitk.Image | None = None,
     ) -> LesionTable:
         """Score volumes, lesion segmentation and table for ``maps`` (name -> image on the input grid).
 
         ``card``, ``adapted`` and ``operating_point`` are those of the run that made the maps:
         they give the names, the thresholds (each map's at the operating point, or its
         percentile threshold for an older card) and what a threshold means on a healthy brain
-        of ``brain_ml``; the run's ``lesion_mask`` brings its small lesions, which join the
-        card map's segment. All parameter writes are one batch: the panel refreshes once.
+        of ``brain_ml``; ``small_lesions`` are the run's small lesions of every operating point
+        (:func:`ssae.scoring.mask_drawing.small_lesions_by_point`), which join the card map's
+        segment. All parameter writes are one batch: the panel refreshes once.
         """
         params = self.parameters
         sizes = level_sizes(card)
@@ -75,12 +76,11 @@ class SceneResults:
             nodes, lesions = [segmentation, table], None
             params.min_lesion_mm3 = rules[chosen].min_lesion_mm3
             params.results_card = {"operating_points": card.get("operating_points") or {}, "postprocessing": card["postprocessing"]}
-            card_map = card.get("score_map", "aggregated")
             params.small_lesions = None
-            if lesion_mask is not None and card_map in maps and rules[card_map].small_lesions is not None:
-                voxels = small_lesion_voxels(lesion_mask, maps[card_map], rules[card_map])
-                params.small_lesions = add_small_lesions(self.scene, volume, voxels, f"{volume.GetName()} small lesions")
-                params.small_lesions.SetAttribute("SSAE.map", card_map)
+            if small_lesions is not None:
+                params.small_lesions = add_small_lesions(self.scene, volume, small_lesions, f"{volume.GetName()} small lesions")
+                params.small_lesions.SetAttribute("SSAE.map", card.get("score_map", "aggregated"))
+                params.small_lesions.SetAttribute("SSAE.runPoint", rules[chosen].operating_point)
                 nodes.append(params.small_lesions)
             for name in names:
                 rule = rules[name]
@@ -109,10 +109,17 @@ class SceneResults:
         show_in_slice_views(self.scene, volume, params.result_volume(chosen))
         return lesions
 
-    def _small_lesions_of(self, map_name: str):
-        """The run's small-lesion volume where ``map_name`` is the map they belong to."""
-        node = self.parameters.small_lesions
-        return node if node is not None and node.GetAttribute("SSAE.map") == map_name else None
+    def _small_lesions_of(self, map_name: str) -> tuple[object, int] | None:
+        """The run's small-lesion volume and the bit of the operating point in use for
+        ``map_name`` (its own preset, or the run's point under a threshold of the user's);
+        None where the map has no small lesions."""
+        params = self.parameters
+        node = params.small_lesions
+        if node is None or node.GetAttribute("SSAE.map") != map_name:
+            return None
+        point = params.rule_name_of(map_name) if params.has_threshold(map_name) else ""
+        point = point if point in SMALL_LESION_BITS else node.GetAttribute("SSAE.runPoint") or ""
+        return (node, SMALL_LESION_BITS[point]) if point in SMALL_LESION_BITS else None
 
     def _show_only_selected_segment(self) -> None:
         """Overlapping segments of every map would hide each other: show the selected map's."""
@@ -222,8 +229,8 @@ class SceneResults:
         if lesions is not None:
             text += f" At the {point} operating point a healthy calibration brain shows {lesions:.1f} false lesions."
         small = self._small_lesions_of(name)
-        if small is not None:
-            text += " Small lesions found by the run's operating point stay in the mask when the threshold moves."
+        if small is not None and point not in SMALL_LESION_BITS:
+            text += f" The mask keeps the small lesions of the {small[0].GetAttribute('SSAE.runPoint')} operating point."
         return text
 
 

@@ -86,7 +86,7 @@ def detect_one(
     mask = read_mask(brain_mask_path, image, "brain mask") if brain_mask_path else None
     card = detector.card
     levels = list(range(card.architecture.levels)) if scales else []
-    planned = list(output_paths(output_dir, stem, fmt, levels, atlas=card.preprocessing.atlas).values())
+    planned = list(output_paths(output_dir, stem, fmt, levels, atlas=card.preprocessing.atlas, small_lesions=bool(card.small_lesion_rules(False))).values())
     if figure:
         planned.append(output_dir / f"{stem}_figure.png")
     refuse_existing(planned, overwrite)

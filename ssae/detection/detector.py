@@ -3,12 +3,12 @@
 For every slice, level by level: ``Î_k = u(Î_{k+1}) + M_k(H_k)`` and the residual
 ``r_k = I_k - Î_k``. The aggregated residual applies the pyramid recursion to the residuals,
 ``a_k = u(a_{k+1}) + r_k``, from the coarsest aggregated level down to ``a_0 = r_*`` at full
-resolution. The residuals become score maps on the slice grid (per level and aggregated), which
-are resampled onto the input volume's own grid in one pass; there the maps that ask how bright
-the scan is (with the hyper-intensity prior, fused with the FLAIR intensity, and the FLAIR
-reference) are computed from the scan's own voxels (:func:`ssae.scoring.score_maps.input_grid_maps`).
-The lesion mask is the model card's score map above its operating point's threshold, joined by
-the small lesions of :mod:`ssae.scoring.small_lesions` (:func:`ssae.scoring.mask_drawing.draw_lesions`).
+resolution. The residuals become score maps on the slice grid (:func:`ssae.scoring.score_maps.score_maps`:
+per level, aggregated, with the hyper-intensity prior, fused with the FLAIR intensity, and the
+FLAIR reference), all of which are resampled onto the input volume's own grid in one pass. There
+the lesion mask is drawn: the model card's score map above its operating point's threshold,
+joined by the small lesions found on the scan's own voxels (:mod:`ssae.scoring.small_lesions`,
+:func:`ssae.scoring.mask_drawing.draw_lesions`).
 
 Optionally, a copy of the model is first adapted to the scan (:mod:`ssae.detection.adaptation`); the
 model card says whether that is the default and holds the thresholds calibrated for it.
@@ -42,9 +42,9 @@ from ssae.preprocessing.registration_check import AtlasAlignment
 from ssae.preprocessing.slices import PreparedVolume, prepare_volume
 from ssae.scoring.lesions import LesionStatistics, LesionTable, lesion_mask, lesion_table
 from ssae.scoring.maps import is_map_name, level_map
-from ssae.scoring.mask_drawing import SmallLesionEvidence, draw_lesions
+from ssae.scoring.mask_drawing import SmallLesionEvidence, draw_lesions, small_lesions_by_point
 from ssae.scoring.operating_points import MaskRule
-from ssae.scoring.score_maps import eroded_brain, input_grid_maps, residual_scores
+from ssae.scoring.score_maps import input_grid_maps, score_maps
 from ssae.scoring.small_lesions import SmallLesionOutcome, brightness_ratio, find_candidates
 
 ProgressCallback = Callable[[float, str], None]
@@ -82,9 +82,10 @@ class DetectionResult:
     lesions: LesionTable
     prepared: PreparedVolume
     residuals: SliceResiduals
-    grid_scores: dict[str, np.ndarray]  # the residual scores (aggregated, levelK) on the slice grid
+    grid_scores: dict[str, np.ndarray]  # every score map on the slice grid (for figures)
     intensities: InputIntensities  # the scan's own voxels, normalised, where brightness was measured
     small_lesions: SmallLesionOutcome | None = None  # what the small-lesion rule did (None: the rule had none)
+    small_lesions_by_point: sitk.Image | None = None  # uint8 bits: the small lesions of each operating point (the card's map)
     adaptation: AdaptationReport | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -194,10 +195,9 @@ class Detector:
                     progress(stop / n, f"reconstructed {stop}/{n} slices")
         return SliceResiduals(per_level=per_level, aggregated=aggregated, reconstruction=reconstruction)
 
-    def residual_score_maps(self, prepared: PreparedVolume, residuals: SliceResiduals) -> dict[str, np.ndarray]:
-        """The post-processed residual scores on the slice grid (aggregated, levelK)."""
-        post = self.card.postprocessing
-        return residual_scores(residuals.named(), eroded_brain(prepared.brain, post.brain_erosion), post)
+    def grid_score_maps(self, prepared: PreparedVolume, residuals: SliceResiduals) -> dict[str, np.ndarray]:
+        """Every score map on the slice grid (see :func:`ssae.scoring.score_maps.score_maps`)."""
+        return score_maps(residuals.named(), prepared.intensities, prepared.brain, self.card.postprocessing)
 
     def detect(
         self,
@@ -259,16 +259,18 @@ class Detector:
         report(0.85, "post-processing and mapping back to the input grid")
         if should_cancel is not None and should_cancel():
             raise DetectionCancelled("detection cancelled")
-        grid_scores = self.residual_score_maps(prepared, residuals)
+        grid_scores = self.grid_score_maps(prepared, residuals)
         timings["postprocess_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         maps, intensities = input_grid_maps(grid_scores, prepared, card.postprocessing, self.device)
         timings["resample_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        evidence = small_lesion_evidence(intensities) if rule.small_lesions is not None else None
+        point_rules = card.small_lesion_rules(adaptation is not None, min_lesion_mm3)
+        evidence = small_lesion_evidence(intensities) if point_rules else None
         labels, small = draw_lesions(maps[chosen_map], rule, evidence)
         mask, lesions = lesion_mask(labels), lesion_table(labels, maps[chosen_map])
+        by_point = small_lesions_by_point(maps[card.score_map], point_rules, evidence) if evidence is not None else None
         timings["mask_s"] = time.perf_counter() - t0
         report(1.0, "done")
         return DetectionResult(
@@ -282,6 +284,7 @@ class Detector:
             grid_scores=grid_scores,
             intensities=intensities,
             small_lesions=small,
+            small_lesions_by_point=by_point,
             adaptation=adapted,
             timings=timings,
         )

@@ -11,18 +11,9 @@ from ssae.io.writing import atomic_path
 from ssae.preprocessing.slices import resample_to_grid
 
 
-def score_on_slice_grid(result: DetectionResult, name: str) -> np.ndarray:
-    """A score map on the model's slice grid: the residual scores are there already, the maps
-    measured on the input grid (prior, fused, flair) are resampled onto it for display."""
-    if name in result.grid_scores:
-        return result.grid_scores[name]
-    prepared = result.prepared
-    return resample_to_grid(result.maps[name], prepared.grid, transform=prepared.transform)
-
-
 def _interesting_slices(result: DetectionResult, truth: np.ndarray | None, count: int) -> list[int]:
     """Slices with the most ground-truth lesion, else with the highest score of the mask's map."""
-    weight = truth if truth is not None and truth.any() else score_on_slice_grid(result, result.score_map)
+    weight = truth if truth is not None and truth.any() else result.grid_scores[result.score_map]
     per_slice = weight.reshape(weight.shape[0], -1).sum(axis=1)
     order = np.argsort(-per_slice)
     chosen: list[int] = []
@@ -58,7 +49,7 @@ def detection_figure(
     columns += [(f"score level {k}", grid[f"level{k}"], "inferno", (0, top)) for k in levels]
     columns.append(("aggregated score", grid["aggregated"], "inferno", (0, top)))
     if result.score_map != "aggregated":
-        score = score_on_slice_grid(result, result.score_map)
+        score = grid[result.score_map]
         score_top = max(float(np.percentile(score[prepared.brain], 99.9)), result.threshold * 1.5, 1e-6)
         columns.append((f"{result.score_map} score", score, "inferno", (0, score_top)))
     columns.append((f"mask ({result.rule.operating_point})", mask_grid, "Reds", (0, 1)))

@@ -22,6 +22,7 @@ from ssae.detection.detector import DetectionResult
 from ssae.io.errors import SSAEError
 from ssae.io.writing import json_text, os_errors, refuse_existing, write_text, write_volume
 from ssae.preprocessing.atlas import write_transform
+from ssae.scoring.mask_drawing import SMALL_LESION_BITS
 from ssae.scoring.maps import COMBINED_MAPS
 
 FORMATS = ("nii.gz", "nrrd", "nii", "mha")
@@ -32,11 +33,15 @@ def result_map_names(levels: list[int]) -> list[str]:
     return ["aggregated", *(f"level{k}" for k in levels), *COMBINED_MAPS]
 
 
-def output_paths(folder: Path, stem: str, fmt: str, levels: list[int], atlas: bool = False) -> dict[str, Path]:
+def output_paths(folder: Path, stem: str, fmt: str, levels: list[int], atlas: bool = False, small_lesions: bool = False) -> dict[str, Path]:
+    """Every file of a detection's result set; ``small_lesions``: the small lesions of each
+    operating point (uint8 bits, :data:`ssae.scoring.mask_drawing.SMALL_LESION_BITS`)."""
     if fmt not in FORMATS:
         raise SSAEError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
     paths = {name: folder / f"{stem}_{name}.{fmt}" for name in result_map_names(levels)}
     paths["lesion_mask"] = folder / f"{stem}_lesion_mask.{fmt}"
+    if small_lesions:
+        paths["small_lesions"] = folder / f"{stem}_small_lesions.{fmt}"
     paths["lesions"] = folder / f"{stem}_lesions.csv"
     if atlas:
         paths["brain_mask"] = folder / f"{stem}_brainmask.{fmt}"
@@ -46,9 +51,10 @@ def output_paths(folder: Path, stem: str, fmt: str, levels: list[int], atlas: bo
 
 
 def estimated_bytes(image: sitk.Image, levels: int) -> int:
-    """Upper bound of what a detection writes for ``image``: float maps uncompressed, masks, summary."""
+    """Upper bound of what a detection writes for ``image``: float maps uncompressed, masks
+    (lesions, brain, small lesions), summary."""
     voxels = int(np.prod(image.GetSize()))
-    return voxels * (4 * (1 + levels + len(COMBINED_MAPS)) + 2) + 1_000_000
+    return voxels * (4 * (1 + levels + len(COMBINED_MAPS)) + 3) + 1_000_000
 
 
 def detection_summary(result: DetectionResult, source: str, model_name: str, model_file: str = "") -> dict[str, Any]:
@@ -68,6 +74,7 @@ def detection_summary(result: DetectionResult, source: str, model_name: str, mod
         "expected_healthy_false_positive_ml": result.rule.expected_false_positive_ml(result.brain_ml),
         "healthy_false_lesions_per_brain": result.rule.healthy_false_lesions,
         "small_lesions": result.small_lesions.to_dict() if result.small_lesions is not None else None,
+        "small_lesion_bits": SMALL_LESION_BITS if result.small_lesions_by_point is not None else None,
         **result.statistics.to_dict(),
         "slices_processed": int(result.prepared.slices.shape[0]),
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
@@ -92,7 +99,7 @@ def write_detection(
     from ssae.detection.figures import detection_figure
 
     alignment = result.prepared.alignment
-    paths = output_paths(folder, stem, fmt, result.levels, atlas=alignment is not None)
+    paths = output_paths(folder, stem, fmt, result.levels, atlas=alignment is not None, small_lesions=result.small_lesions_by_point is not None)
     if figure_title is not None:
         paths["figure"] = folder / f"{stem}_figure.png"
     refuse_existing(list(paths.values()), overwrite)
@@ -103,6 +110,8 @@ def write_detection(
         staged = {name: staging / path.name for name, path in paths.items()}
         volumes = [(result.maps[name], staged[name]) for name in result.maps]
         volumes.append((result.mask, staged["lesion_mask"]))
+        if result.small_lesions_by_point is not None:
+            volumes.append((result.small_lesions_by_point, staged["small_lesions"]))
         if alignment is not None:
             volumes.append((result.prepared.brain_mask, staged["brain_mask"]))
             write_transform(alignment.transform, staged["transform"], overwrite=False)

@@ -127,6 +127,15 @@ class ModelCard:
         """What draws ``map_name``'s mask (see :func:`ssae.scoring.operating_points.card_mask_rule`)."""
         return card_mask_rule(self.to_dict(), map_name, adapted, operating_point, threshold, min_lesion_mm3)
 
+    def small_lesion_rules(self, adapted: bool, min_lesion_mm3: float | None = None) -> dict[str, MaskRule]:
+        """The rule of every operating point with a small-lesion rule, on the card's map ({} where none has one)."""
+        points = self.operating_points.get("points", {})
+        return {
+            name: self.mask_rule(self.score_map, adapted, name, min_lesion_mm3=min_lesion_mm3)
+            for name, point in points.items()
+            if point.small_lesions is not None and self.healthy_tails
+        }
+
     def to_dict(self) -> dict[str, Any]:
         arch = self.architecture
         return {

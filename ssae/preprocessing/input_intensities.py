@@ -1,13 +1,13 @@
-"""The scan's own voxels, normalised like the model input: where hyper-intensity is measured.
+"""The scan's own voxels, normalised like the model input: where small lesions are looked for.
 
 The model sees a scan on its slice grid (1.55 mm pixels for the shipped model). A lesion of a few
 cubic millimetres is averaged there with the tissue around it and loses most of its contrast:
 on the two MSLUB development patients, 7-23 % of the lesions under 50 mm3 are brighter than the
-hyper-intensity prior's cut-off on the model's slices, 79-100 % on the scan's own voxels. So
-whatever asks *how bright* (the prior, the fused and FLAIR maps, small-lesion candidates) asks
-it here: on the input grid, on the intensities the slices were taken from (N4-corrected where
-the model asks for it), normalised with the slices' own offset and scale. What the model says
-(the residuals) comes back to this grid as before (:mod:`ssae.preprocessing.input_grid`).
+hyper-intensity prior's cut-off on the model's slices, 79-100 % on the scan's own voxels. So the
+small-lesion rule (:mod:`ssae.scoring.small_lesions`) asks how bright a spot is here: on the input
+grid, on the intensities the slices were taken from (N4-corrected where the model asks for it),
+normalised with the slices' own offset and scale. What the model says (the score maps) comes back
+to this grid as before (:mod:`ssae.preprocessing.input_grid`), and the mask is drawn here.
 """
 
 from __future__ import annotations

@@ -183,7 +183,7 @@ def _correlation(followup: sitk.Image, baseline: sitk.Image, followup_brain: sit
 
 
 def _overlap(followup_brain: sitk.Image, baseline_brain: sitk.Image, transform: sitk.Transform) -> float:
-    moved = sitk.GetArrayViewFromImage(sitk.Resample(baseline_brain, followup_brain, transform, sitk.sitkNearestNeighbor)) > 0
+    moved = sitk.GetArrayFromImage(sitk.Resample(baseline_brain, followup_brain, transform, sitk.sitkNearestNeighbor)) > 0  # a copy: a view of a temporary dangles
     own = sitk.GetArrayViewFromImage(followup_brain) > 0
     total = own.sum() + moved.sum()
     return float(2 * (own & moved).sum() / total) if total else 0.0

@@ -325,6 +325,7 @@ def card_mask_rule(
 
 
 SLICE_GRID_TAILS = (
-    "this model's healthy tails were measured on its slice grid by an older calibration, the maps are now on the scan's own "
-    "grid: recalibrate it with `ssae calibrate`"
+    "this model was calibrated on its slice grid by an older version (the mask is drawn on the scan's own grid, where newer "
+    "calibrations measure the healthy tails, small-lesion candidates and false lesions per healthy brain): recalibrate it with "
+    "`ssae calibrate`"
 )

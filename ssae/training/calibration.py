@@ -91,7 +91,7 @@ def calibrate_thresholds(
             log(f"adapting to healthy subject {scan.name} ({index + 1})")
             model, _ = detector.adapted_to(prepared.slices, prepared.brain, adaptation)
         residuals = model.slice_residuals(prepared.slices, scales=True)
-        maps, intensities = input_grid_maps(model.residual_score_maps(prepared, residuals), prepared, card.postprocessing, detector.device)
+        maps, intensities = input_grid_maps(model.grid_score_maps(prepared, residuals), prepared, card.postprocessing, detector.device)
         counted = intensities.inside & ~scan.labelled
         for name, image in maps.items():
             healthy.setdefault(name, []).append(sitk.GetArrayViewFromImage(image)[counted])
