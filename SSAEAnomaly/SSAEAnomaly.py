@@ -12,7 +12,6 @@ older Slicer shows a message instead of the panel.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import shutil
@@ -47,7 +46,7 @@ from SSAEAnomalyLib.compatibility import unsupported_reason  # noqa: E402 (the e
 UNSUPPORTED = unsupported_reason(sys.version_info, (slicer.app.majorVersion, slicer.app.minorVersion))
 if UNSUPPORTED is None:
     from SSAEAnomalyLib import AnomalyLogic, ComparisonJob
-    from SSAEAnomalyLib.dependencies import ensure_engine_dependencies, missing_packages, packages_summary
+    from SSAEAnomalyLib.dependencies import ensure_engine_dependencies, missing_packages, packages_summary, self_test_skip_reason
     from SSAEAnomalyLib.results import TERMINOLOGY_FILE
     from SSAEAnomalyLib.sample_data import sample_data_sources
 
@@ -566,16 +565,20 @@ class SSAEAnomalyLogic(ScriptedLoadableModuleLogic, AnomalyLogic):
 class SSAEAnomalyTest(ScriptedLoadableModuleTest):
     """Runs inside Slicer on the shipped MSLUB sample with the shipped model (about a minute on a CPU).
 
-    Skipped (not failed) where PyTorch is not installed: ctest runs each ``test_*`` method
-    through unittest, which calls ``setUp`` but never ``runTest``.
+    Skipped, and says so, where the engine's packages are missing (``self_test_skip_reason``).
     """
 
     def setUp(self):
-        if importlib.util.find_spec("torch") is None:
-            self.skipTest("PyTorch is not installed (Detect anomalies offers to install it)")
+        reason = self_test_skip_reason()
+        if reason:
+            self.skipTest(reason)
         slicer.mrmlScene.Clear(0)
 
     def runTest(self):
+        reason = self_test_skip_reason()
+        if reason:
+            self.delayDisplay(f"SSAE Anomaly self-test skipped: {reason}.")
+            return
         self.setUp()
         self.test_detect_threshold_export()
         self.setUp()

@@ -41,7 +41,7 @@ from SSAEAnomalyLib.compatibility import unsupported_reason  # noqa: E402 (paths
 
 UNSUPPORTED = unsupported_reason(sys.version_info, (slicer.app.majorVersion, slicer.app.minorVersion))
 if UNSUPPORTED is None:
-    from SSAEAnomalyLib.dependencies import ensure_engine_dependencies, packages_summary
+    from SSAEAnomalyLib.dependencies import ensure_engine_dependencies, packages_summary, self_test_skip_reason
     from SSAETrainingLib import RUNNING, TrainingRequest, load_request, parameter_node, save_request, start_training
 
     from ssae.models.settings import VARIANTS
@@ -72,7 +72,6 @@ class SSAETrainingWidget(ScriptedLoadableModuleWidget):
         self.job = None
         self.ui = None
         self.lastModel = ""
-        self.quitting = False
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.connect("timeout()", self.onPoll)
@@ -101,23 +100,16 @@ class SSAETrainingWidget(ScriptedLoadableModuleWidget):
         self.ui.trainButton.connect("clicked(bool)", self.onTrain)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.useModelButton.connect("clicked(bool)", self.onUseModel)
-        slicer.app.connect("aboutToQuit()", self.onAboutToQuit)
+        RUNNING.stop_when_application_quits(slicer.app)
         self.showRequest(load_request(parameter_node(slicer.mrmlScene)))
         if RUNNING.job is not None:  # a run started before a developer's Reload of this module
             self._follow(RUNNING.job)
 
-    def onAboutToQuit(self):
-        self.quitting = True
-
     def cleanup(self):
-        """Slicer is closing: ask the run to stop (it saves its resume state; if it outlives its
-        grace period it is ended; nothing waits here). A developer's Reload leaves the run going
-        and the new panel follows it."""
+        """The panel goes (Reload or quit): it stops following the run. A Reload leaves the run
+        going and the new panel follows it; quitting Slicer stops it (``RUNNING.stop``, connected
+        to ``aboutToQuit()`` once per process)."""
         self.timer.stop()
-        slicer.app.disconnect("aboutToQuit()", self.onAboutToQuit)
-        if self.job is not None and self.quitting:
-            self.job.command.stop_in_background()
-            RUNNING.job = None
 
     def onModeChanged(self, index=None):
         adapting = self.ui.modeComboBox.currentData == "adapt"
@@ -245,17 +237,22 @@ class SSAETrainingLogic(ScriptedLoadableModuleLogic):
 
 
 class SSAETrainingTest(ScriptedLoadableModuleTest):
-    """Trains a tiny model on the shipped MSLUB sample in a background process, inside Slicer
-    (skipped where PyTorch is not installed)."""
+    """Trains a tiny model on the shipped MSLUB sample in a background process, inside Slicer.
+
+    Skipped, and says so, where the engine's packages are missing (``self_test_skip_reason``).
+    """
 
     def setUp(self):
-        import importlib.util
-
-        if importlib.util.find_spec("torch") is None:
-            self.skipTest("PyTorch is not installed (Train offers to install it)")
+        reason = self_test_skip_reason()
+        if reason:
+            self.skipTest(reason)
         slicer.mrmlScene.Clear(0)
 
     def runTest(self):
+        reason = self_test_skip_reason()
+        if reason:
+            self.delayDisplay(f"SSAE Training self-test skipped: {reason}.")
+            return
         self.setUp()
         self.test_train_cancel_resume()
 

@@ -38,7 +38,32 @@ def headless_scene():
     segmentations.SetMRMLApplicationLogic(app_logic)
     app_logic.SetModuleLogic("Segmentations", segmentations)
     slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene, True)
+    follow_removals_in_subject_hierarchy(scene)
     return scene, app_logic
+
+
+def follow_removals_in_subject_hierarchy(scene) -> None:
+    """What Slicer's ``qSlicerSubjectHierarchyPluginLogic::onNodeAboutToBeRemoved`` (a Qt class,
+    not in slicer-core) does: a node's subject-hierarchy item goes with the node (the item only,
+    ``RemoveItem(item, false, false)``), except while the scene closes."""
+
+    scene.AddObserver(slicer.vtkMRMLScene.NodeAboutToBeRemovedEvent, _RemoveItemWithNode())
+
+
+class _RemoveItemWithNode:
+    """The observer of :func:`follow_removals_in_subject_hierarchy` (a callable object: VTK may
+    call it while Python shuts down, when a plain function's defaults are gone)."""
+
+    CallDataType = vtk.VTK_OBJECT
+
+    def __call__(self, *args) -> None:
+        caller, node = args[0], (args[2] if len(args) > 2 else None)
+        if caller is None or node is None or caller.IsClosing() or node.IsA("vtkMRMLSubjectHierarchyNode"):
+            return
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(caller)
+        item = hierarchy.GetItemByDataNode(node) if hierarchy else 0
+        if item:
+            hierarchy.RemoveItem(item, False, False)
 
 
 class SliceViewRenderer:

@@ -31,6 +31,22 @@ def _add_volume(scene, image: sitk.Image, name: str):
     return node
 
 
+def _node_ids(scene) -> list[str]:
+    return [scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())]
+
+
+def _orphans(scene) -> list[str]:
+    """Display and storage nodes that no node of the scene refers to (left behind by a removal)."""
+    referenced = set()
+    for node in map(scene.GetNthNode, range(scene.GetNumberOfNodes())):
+        if node.IsA("vtkMRMLDisplayableNode"):
+            referenced |= {node.GetNthDisplayNodeID(i) for i in range(node.GetNumberOfDisplayNodes())}
+        if node.IsA("vtkMRMLStorableNode"):
+            referenced |= {node.GetNthStorageNodeID(i) for i in range(node.GetNumberOfStorageNodes())}
+    helpers = [n for n in map(scene.GetNthNode, range(scene.GetNumberOfNodes())) if n.IsA("vtkMRMLDisplayNode") or n.IsA("vtkMRMLStorageNode")]
+    return sorted(f"{n.GetClassName()} {n.GetID()}" for n in helpers if n.GetID() not in referenced)
+
+
 def _ijk_to_ras(node) -> np.ndarray:
     matrix = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)
@@ -160,8 +176,11 @@ def test_exports_keep_the_input_geometry_and_refuse_to_overwrite(oblique_scene, 
     logic.parameters.min_lesion_mm3 = 0.0
     logic.parameters.score_map = "aggregated"
     rows = logic.apply_threshold(logic.parameters.threshold_of("aggregated") * 0.5)
+    scene = volume.GetScene()
+    nodes_before = _node_ids(scene)
     labelmap = logic.export_labelmap(tmp_path / "mask.nii.gz")
     segmentation = logic.export_segmentation(tmp_path / "anomalies.seg.nrrd")
+    assert _node_ids(scene) == nodes_before, "an export left nodes in the scene (they would be saved with it)"
     reference = image_from_volume_node(volume)
     mask = sitk.ReadImage(str(labelmap))
     assert mask.GetSize() == reference.GetSize()
@@ -454,3 +473,122 @@ def test_cancel_returns_at_once_and_the_process_stops_through_its_stop_file(obli
     assert code == 130 and not job.command.killed  # it stopped itself, no kill needed
     assert not list((job.workdir / "out").glob("input_*")) if (job.workdir / "out").exists() else True
     job.cleanup()
+
+
+class _OwnershipSpy:
+    """Keeps a reference to every oriented image and node collection that Slicer's API hands to
+    the module, so that what the module still holds after it is done shows in reference counts."""
+
+    def __init__(self, monkeypatch) -> None:
+        import slicer
+
+        self.images: list = []
+        self.collections: list = []
+        real = slicer.vtkSlicerSegmentationsModuleLogic
+        spy = self
+
+        class _Logic:
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            @staticmethod
+            def CreateOrientedImageDataFromVolumeNode(*args):
+                image = real.CreateOrientedImageDataFromVolumeNode(*args)
+                spy.images.append(image)
+                return image
+
+        monkeypatch.setattr(slicer, "vtkSlicerSegmentationsModuleLogic", _Logic())
+
+    def scene(self, scene):
+        """``scene`` with ``GetNodesByClass`` watched."""
+        spy = self
+
+        class _Scene:
+            def __getattr__(self, name):
+                return getattr(scene, name)
+
+            def GetNodesByClass(self, class_name):
+                collection = scene.GetNodesByClass(class_name)
+                spy.collections.append(collection)
+                return collection
+
+        return _Scene()
+
+
+def test_mask_updates_and_view_changes_release_what_vtk_hands_over(oblique_scene, monkeypatch):
+    """``CreateOrientedImageDataFromVolumeNode`` and ``GetNodesByClass`` hand their caller a
+    reference to release; once the module is done, the spy's own reference is the only one left."""
+    scene, _, logic, volume = oblique_scene
+    logic.detect()
+    spy = _OwnershipSpy(monkeypatch)
+    params = logic.parameters
+    for factor in (0.5, 0.8, 1.2):
+        logic.apply_threshold(params.threshold_of("aggregated") * factor, "aggregated")
+    logic.apply_operating_point("sensitive")
+    show_in_slice_views(spy.scene(scene), volume, params.result_volume("prior"))
+    assert len(spy.images) == 4 and len(spy.collections) == 1
+    assert [image.GetReferenceCount() for image in spy.images] == [1] * 4
+    assert spy.collections[0].GetReferenceCount() == 1
+
+
+def _read_mrb(path: Path):
+    """A new scene (as a second Slicer session would have) read from a .mrb."""
+    import slicer
+
+    scene, _ = headless_scene()
+    cache = slicer.vtkCacheManager()
+    cache.SetRemoteCacheDirectory(tempfile.mkdtemp())
+    io = slicer.vtkDataIOManager()
+    io.SetCacheManager(cache)
+    scene.SetDataIOManager(io)
+    scene.SetCacheManager(cache)
+    assert scene.ReadFromMRB(str(path))
+    return scene
+
+
+def _folders(scene, name_part: str) -> list[int]:
+    import slicer
+
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    items = vtk.vtkIdList()
+    hierarchy.GetItemChildren(hierarchy.GetSceneItemID(), items, True)
+    found = [items.GetId(i) for i in range(items.GetNumberOfIds())]
+    return [item for item in found if name_part in hierarchy.GetItemName(item) and hierarchy.GetItemDataNode(item) is None]
+
+
+def test_a_saved_scene_reloaded_and_detected_again_replaces_only_its_results(oblique_scene, tmp_path):
+    """Subject-hierarchy item IDs are handed out anew when a scene is read (and restart at 1 in a
+    new Slicer process): results are found by their nodes, so "replace" removes the reloaded
+    results, their display and storage nodes and their folder, and nothing of the user's,
+    whatever number an item now has."""
+    import slicer
+
+    scene, _, logic, volume = oblique_scene
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    study = hierarchy.CreateStudyItem(hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "Patient"), "Study")
+    hierarchy.CreateItem(study, volume)
+    mine = _add_volume(scene, image_from_volume_node(volume), "my own edit")
+    hierarchy.CreateItem(study, mine)
+    logic.detect()
+    assert len(_folders(scene, "SSAE results")) == 1
+    assert scene.WriteToMRB(str(tmp_path / "session.mrb"))
+
+    reloaded = _read_mrb(tmp_path / "session.mrb")
+    assert not _orphans(reloaded)
+    again = AnomalyLogic(reloaded)
+    params = again.parameters
+    old_results = [params.segmentation, params.statistics_table, params.small_lesions, *map(params.result_volume, params.result_maps())]
+    old_helpers = [n.GetNthDisplayNode(i) for n in old_results if n.IsA("vtkMRMLDisplayableNode") for i in range(n.GetNumberOfDisplayNodes())]
+    old_helpers += [n.GetNthStorageNode(i) for n in old_results for i in range(n.GetNumberOfStorageNodes())]
+    others = [n for n in map(reloaded.GetNthNode, range(reloaded.GetNumberOfNodes())) if n not in old_results + old_helpers]
+    reloaded_hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(reloaded)
+    mine_item = reloaded_hierarchy.GetItemByDataNode(reloaded.GetFirstNodeByName("my own edit"))
+    params.node.SetParameter("resultsFolderItem", str(mine_item))  # what an ID stored by an older version may name now
+    params.device, params.adapt = "cpu", "off"
+    again.detect(replace_previous=True)
+    assert not [n.GetName() for n in old_results + old_helpers if reloaded.IsNodePresent(n)], "old results stayed behind"
+    assert not _orphans(reloaded)
+    assert not [f"{n.GetClassName()} {n.GetName()}" for n in others if not reloaded.IsNodePresent(n)], "a node that was not a result is gone"
+    mine_again = reloaded.GetFirstNodeByName("my own edit")
+    assert mine_again is not None and reloaded_hierarchy.GetItemByDataNode(mine_again)
+    assert len(_folders(reloaded, "SSAE results")) == 1, "the reloaded results' folder stayed behind"

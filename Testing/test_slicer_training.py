@@ -107,3 +107,54 @@ def test_panel_state_is_kept_in_the_scene():
     save_request(parameter_node(scene), request)
     assert load_request(parameter_node(scene)) == request
     assert load_request(parameter_node(headless_scene()[0])) == TrainingRequest("", "")
+
+
+ORPHANING_PARENT = """
+import json, os, sys, time
+from pathlib import Path
+sys.path[:0] = {paths!r}
+from SSAETrainingLib import TrainingRequest, start_training
+request = TrainingRequest(**json.loads({request!r}))
+job = start_training(request)
+print(job.command.process.pid, job.progress_log, flush=True)
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline and not any(e.get("event") == "epoch" for e in job.command.new_events()):
+    time.sleep(0.2)
+os._exit(0)  # Slicer crashes or is killed: no aboutToQuit, no stop file
+"""
+
+
+def test_a_training_whose_slicer_died_stops_and_saves_its_resume_state(small_cases, tmp_path):
+    """The run notices that the process which started it is gone and stops as if cancelled."""
+    import dataclasses
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    request = _request(small_cases, tmp_path, epochs=50, patience=50)
+    paths = [str(REPO), str(REPO / "SSAETraining"), str(REPO / "SSAEAnomaly")]
+    script = ORPHANING_PARENT.format(paths=paths, request=json.dumps(dataclasses.asdict(request)))
+    parent = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert parent.returncode == 0, parent.stderr
+    pid = int(parent.stdout.split()[0])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.2)
+    assert not _alive(pid), "the training outlived the process that started it"
+    assert (tmp_path / "model.safetensors.resume.pt").exists() and not (tmp_path / "model.safetensors").exists()
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (ended, not yet reaped by init) counts as ended
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 import slicer
+import vtk
 from conftest import REPO
 from headless_slicer import headless_scene
 from slicer_double import QMessageBox, Session
@@ -144,6 +145,9 @@ def test_the_anomaly_panel_sets_up_on_slicer_contracts(session, tiny_model):
         )
         assert set(source.loadFileTypes) <= {"VolumeFile", "SegmentationFile"}
     assert session.dialogs == []
+    loaded = vtk.vtkStringArray()
+    session.terminologies.GetLoadedTerminologyNames(loaded)  # Slicer's real Terminologies logic
+    assert "SSAE anomaly segmentation category and type" in [loaded.GetValue(i) for i in range(loaded.GetNumberOfValues())]
 
 
 def test_the_parameter_node_and_the_panel_follow_each_other(session, small_cases, tiny_model):
@@ -236,7 +240,11 @@ def test_detect_loads_the_results_and_the_mask_follows_threshold_map_and_operati
     assert (tmp_path / "mask.nii.gz").is_file()
     assert (tmp_path / "lesions.csv").read_text(encoding="utf-8").startswith("lesion,volume_ml,size_band,voxels,longest_axis_mm,peak_score")
     assert [d.kind for d in session.dialogs] == ["save file", "save file"]  # no second "replace?" question
-    assert REFUSED_CONNECTIONS == []
+    assert REFUSED_CONNECTIONS == [] and widget.ui.thresholdSlider._d["refused_steps"] == []
+    nodes = session.scene.GetNumberOfNodes()
+    session.answers["save_file"] += [str(tmp_path / "mask2.nii.gz")]
+    widget.ui.exportLabelmapButton.click()
+    assert session.scene.GetNumberOfNodes() == nodes, "an export left nodes in the scene"
 
 
 def test_a_failed_results_load_shows_the_error_and_unlocks_the_panel(session, monkeypatch, small_cases, tiny_model):
@@ -264,8 +272,38 @@ def test_a_failed_or_declined_install_leaves_the_panel_usable(session, monkeypat
     session.pip_failures.append("scipy")
     widget.ui.detectButton.click()  # OK this time, and pip fails
     error = session.dialogs[-1]
-    assert error.kind == "error" and "Installing the Python packages failed" in error.text and "Extensions Manager" in error.text
-    assert widget.job is None and widget.ui.detectButton.enabled
+    assert error.kind == "error" and "Installing the Python packages failed" in error.text and "light_the_torch" in error.text
+    assert len(session.message_texts("error")) == 1, "one failure, one dialog (Slicer 5.12's pip_install has one of its own)"
+    assert widget.job is None and widget.ui.detectButton.enabled and session.app.cursors == []
+
+
+@pytest.mark.parametrize("version", [(5, 10), (5, 12)])
+def test_pytorch_comes_in_the_range_that_works_on_slicer_in_its_own_process(monkeypatch, version):
+    """light-the-torch (the PyTorch extension's tool: the build for the machine's GPU) runs as its
+    own PythonSlicer process with torch < 2.13 (2.13 breaks on Slicer 5.12); a failure is one dialog."""
+    import types
+
+    import SSAEAnomalyLib.dependencies as dependencies
+
+    scene, _ = headless_scene()
+    session = Session(scene, monkeypatch, version=version, main_window=True)
+    monkeypatch.setattr(dependencies, "missing_packages", lambda: ["torch"])
+    really_installed = dependencies.installed
+    monkeypatch.setattr(dependencies, "installed", lambda name: name != "light_the_torch" and really_installed(name))
+    commands = []
+
+    def run(command, **kwargs):
+        commands.append(command)
+        return types.SimpleNamespace(returncode=1, stdout="ERROR: no matching distribution", stderr="")
+
+    monkeypatch.setattr(dependencies.subprocess, "run", run)
+    assert dependencies.ensure_engine_dependencies(ask=False) is False
+    assert session.installed == [dependencies.LIGHT_THE_TORCH]
+    assert commands and commands[0][1:4] == ["-m", "light_the_torch", "install"] and commands[0][4] == dependencies.TORCH_REQUIREMENT
+    assert "<2.13" in dependencies.TORCH_REQUIREMENT
+    errors = session.dialogs
+    assert len(errors) == 1 and errors[0].kind == "error" and "no matching distribution" in errors[0].detail
+    assert session.app.cursors == []
 
 
 def test_leaving_the_module_releases_the_worker_and_cleanup_stops_everything(session, small_cases, tiny_model):
@@ -499,3 +537,28 @@ def test_every_file_compiles_with_the_oldest_engine_python_and_with_slicers(vers
     for f in files:
         Path(f + ".check").unlink(missing_ok=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("module", ["SSAEAnomaly", "SSAETraining"])
+def test_the_self_test_says_it_was_skipped_where_the_engine_is_missing(session, monkeypatch, module):
+    """Slicer's Test button calls ``runTest`` inside ``tryWithErrorDisplay``: a ``SkipTest`` raised
+    there would be an error dialog; the test says what it skipped instead (and ctest's unittest
+    path still sees a skip)."""
+    import logging
+    import unittest
+
+    import SSAEAnomalyLib.dependencies as dependencies
+
+    harness = session.load_module(module, ANOMALY if module == "SSAEAnomaly" else TRAINING)
+    session.startup_completed()
+    widget = harness.create_widget()
+    monkeypatch.setattr(dependencies, "missing_packages", lambda: ["torch"])
+    messages = []
+    monkeypatch.setattr(logging, "info", lambda message, *args: messages.append(str(message)))
+    try:
+        widget.onTest()
+    except unittest.SkipTest:  # what pytest would report as a skip: here it is Slicer's error dialog
+        pytest.fail(f"Test raised SkipTest into tryWithErrorDisplay: {session.message_texts('error')}")
+    assert session.message_texts("error") == [] and any("skipped" in m and "torch" in m for m in messages), messages
+    with pytest.raises(unittest.SkipTest):
+        getattr(harness.python_module, module + "Test")().setUp()

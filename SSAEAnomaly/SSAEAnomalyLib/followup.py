@@ -36,6 +36,8 @@ from ssae.io.volumes import read_volume
 from ssae.scoring.change import CHANGE_COLUMNS, CHANGE_LABELS, STATUSES
 
 from .results import add_lesion_segmentation, fill_string_table, place_under_input_study
+from .scene_ownership import oriented_image
+from .scene_results import show_in_slice_views
 from .volumes import update_volume_node_from_array, update_volume_node_from_image
 
 CHANGE_COLORS = {1: (0.90, 0.10, 0.10), 2: (0.15, 0.45, 1.00)}
@@ -202,12 +204,7 @@ class FollowupLogic:
         place_under_input_study(
             scene, followup, [segmentation, change_node, baseline_node, table], f"{name} SSAE changes since {inputs.baseline_name}"
         )
-        composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
-        for index in range(composites.GetNumberOfItems()):
-            composite = composites.GetItemAsObject(index)
-            composite.SetBackgroundVolumeID(followup.GetID())
-            composite.SetForegroundVolumeID(baseline_node.GetID())
-            composite.SetForegroundOpacity(0.0)
+        show_in_slice_views(scene, followup, baseline_node, opacity=0.0)
         return ComparisonNodes(segmentation, change_node, baseline_node, table, summary)
 
 
@@ -219,9 +216,8 @@ def _set_change_segments(segmentation_node, reference, labels: np.ndarray) -> No
         labelmap = slicer.vtkMRMLLabelMapVolumeNode()
         labelmap.CopyOrientation(reference)
         update_volume_node_from_array(labelmap, (labels == value).astype(np.uint8))
-        oriented = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(labelmap)
         slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-            oriented, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
+            oriented_image(labelmap), segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
         )
 
 

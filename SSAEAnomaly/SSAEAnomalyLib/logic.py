@@ -49,6 +49,7 @@ from .results import (
     add_atlas_transform,
     move_into_folder,
 )
+from .scene_ownership import results_folder_of
 from .scene_results import SceneResults
 from .volumes import image_from_volume_node
 
@@ -290,9 +291,9 @@ class AnomalyLogic(SceneResults, BatchDetection, ResultExports):
         """The atlas-to-scan transform as a node, in the results' subject-hierarchy folder."""
         node = add_atlas_transform(self.scene, transform, f"{volume.GetName()} atlas to scan")
         self.parameters.atlas_transform = node
-        item = int(self.parameters.node.GetParameter("resultsFolderItem") or 0)
-        if item:
-            move_into_folder(self.scene, node, item)
+        folder = results_folder_of(self.scene, self.parameters.segmentation)
+        if folder:
+            move_into_folder(self.scene, node, folder)
 
 
 def _read_json(path: Path) -> dict:

@@ -19,6 +19,7 @@ from .results import (
     ensure_segment,
     segment_name,
 )
+from .scene_ownership import scene_left_as_it_was
 
 LABELMAP_SUFFIXES = (".nrrd", ".nii.gz", ".nii")
 
@@ -35,15 +36,12 @@ class ResultExports:
         path = Path(path)
         if not path.name.lower().endswith(LABELMAP_SUFFIXES):
             raise SSAEError(f"labelmap files end with {', '.join(LABELMAP_SUFFIXES)}")
-        labelmap = slicer.vtkMRMLLabelMapVolumeNode()
-        self.scene.AddNode(labelmap)
-        try:
-            ids = _string_array([ensure_segment(segmentation, params.score_map, segment_name(params.score_map))])
+        ids = _string_array([ensure_segment(segmentation, params.score_map, segment_name(params.score_map))])
+        with scene_left_as_it_was(self.scene):  # the export adds a display node and a color table too
+            labelmap = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
             if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(segmentation, ids, labelmap, volume):
                 raise SSAEError("exporting the segment to a labelmap failed")
             return _write_with_storage_node(slicer.vtkMRMLVolumeArchetypeStorageNode(), labelmap, path, overwrite, self.scene)
-        finally:
-            self.scene.RemoveNode(labelmap)
 
     def export_segmentation(self, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
         """Every segment (one per map) as a ``.seg.nrrd`` on the input grid."""

@@ -32,6 +32,7 @@ import vtk
 from ssae.scoring.lesions import LesionTable, label_lesions, lesion_table, relabel_by_size
 from ssae.scoring.maps import map_title
 
+from .scene_ownership import create_results_folder, oriented_image
 from .volumes import array_from_volume_node, image_from_volume_node, update_volume_node_from_array, update_volume_node_from_image
 
 HEAT_COLORMAP = "vtkMRMLColorTableNodeIron"
@@ -139,9 +140,8 @@ def update_segment(
     labelmap = slicer.vtkMRMLLabelMapVolumeNode()
     labelmap.CopyOrientation(score_node)
     update_volume_node_from_array(labelmap, (sitk.GetArrayViewFromImage(labels) > 0).astype(np.uint8))
-    oriented = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(labelmap)
     slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        oriented, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
+        oriented_image(labelmap), segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
     )
     return lesion_table(labels, score)
 
@@ -202,7 +202,7 @@ def place_under_input_study(scene, volume, nodes: list, folder_name: str) -> int
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     volume_item = hierarchy.GetItemByDataNode(volume)
     parent = hierarchy.GetItemParent(volume_item) if volume_item else hierarchy.GetSceneItemID()
-    folder = hierarchy.CreateFolderItem(parent, folder_name)
+    folder = create_results_folder(scene, parent, folder_name)
     for node in nodes:
         move_into_folder(scene, node, folder)
     return folder

@@ -8,13 +8,19 @@ from __future__ import annotations
 import json
 
 import SimpleITK as sitk
-import slicer
 
 from ssae.io.errors import SSAEError
 from ssae.scoring.lesions import LesionTable
-from ssae.scoring.mask_drawing import SMALL_LESION_BITS
 from ssae.scoring.maps import map_order, map_title
-from ssae.scoring.operating_points import HealthyTail, card_mask_rule, healthy_tail, mask_rule, measured_in_lesions, operating_points_from_card
+from ssae.scoring.mask_drawing import SMALL_LESION_BITS
+from ssae.scoring.operating_points import (
+    HealthyTail,
+    card_mask_rule,
+    healthy_tail,
+    mask_rule,
+    measured_in_lesions,
+    operating_points_from_card,
+)
 
 from .results import (
     add_lesion_segmentation,
@@ -28,6 +34,7 @@ from .results import (
     style_score_volume,
     update_segment,
 )
+from .scene_ownership import nodes_of_class, remove_results_folder, remove_with_display_and_storage, results_folder_of
 from .volumes import array_from_volume_node
 
 
@@ -104,8 +111,7 @@ class SceneResults:
             assert lesions is not None
             fill_lesion_table(table, lesions, rules[chosen].operating_point)
             self._show_only_selected_segment()
-            item = place_under_input_study(self.scene, volume, nodes, f"{volume.GetName()} SSAE results")
-            params.node.SetParameter("resultsFolderItem", str(item))
+            place_under_input_study(self.scene, volume, nodes, f"{volume.GetName()} SSAE results")
         show_in_slice_views(self.scene, volume, params.result_volume(chosen))
         return lesions
 
@@ -137,16 +143,11 @@ class SceneResults:
             params.atlas_transform,
             params.small_lesions,
         ]
+        folder = results_folder_of(self.scene, params.segmentation)
         with params.batch():
             for node in nodes:
-                if node is not None:
-                    self.scene.RemoveNode(node)
-            item = int(params.node.GetParameter("resultsFolderItem") or 0)
-            if item:
-                hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
-                if hierarchy.GetNumberOfItemChildren(item) == 0:
-                    hierarchy.RemoveItem(item)
-                params.node.SetParameter("resultsFolderItem", "")
+                remove_with_display_and_storage(self.scene, node)
+            remove_results_folder(self.scene, folder)
 
     def threshold_range(self, map_name: str | None = None) -> tuple[float, float]:
         """Slider range for a map: 0 to its maximum score (at least 1.5x its calibrated threshold)."""
@@ -236,9 +237,7 @@ class SceneResults:
 
 def show_in_slice_views(scene, background, foreground, opacity: float = 0.6) -> None:
     """Input as background and a score map as foreground in every slice view of the scene."""
-    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
-    for index in range(composites.GetNumberOfItems()):
-        composite = composites.GetItemAsObject(index)
+    for composite in nodes_of_class(scene, "vtkMRMLSliceCompositeNode"):
         composite.SetBackgroundVolumeID(background.GetID() if background else None)
         composite.SetForegroundVolumeID(foreground.GetID() if foreground else None)
         composite.SetForegroundOpacity(opacity)

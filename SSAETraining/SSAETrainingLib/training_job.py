@@ -199,9 +199,31 @@ def start_training(request: TrainingRequest, python: str | None = None) -> Train
 class _Running:
     """The training run this Slicer session started. It lives in the Lib package, which a
     developer's Reload of the module does not import again, so the reloaded panel follows the
-    run instead of losing it (or cancelling it)."""
+    run instead of losing it (or cancelling it).
+
+    Quitting Slicer stops the run here, not in a widget: Slicer's own ``aboutToQuit()`` slot
+    (connected in ``qSlicerCoreApplication``'s constructor, so it runs first) unloads the modules
+    and runs the widgets' ``cleanup()`` before any slot a module connects, and a Reload runs
+    ``cleanup()`` too, so ``cleanup()`` cannot tell quitting from reloading. One connection per
+    Slicer process (:meth:`stop_when_application_quits`) can. Should Slicer end without quitting
+    (a crash, a kill), the run notices its parent is gone and stops the same way
+    (:func:`ssae.app.processes.watch_stop_file`).
+    """
 
     job: TrainingJob | None = None
+    application: Any = None
+
+    def stop_when_application_quits(self, application: Any) -> None:
+        """Connect :meth:`stop` to the application's ``aboutToQuit()``, once per application."""
+        if self.application is not application:
+            application.connect("aboutToQuit()", self.stop)
+            self.application = application
+
+    def stop(self) -> None:
+        """Ask the run to stop (it saves its resume state) without waiting for it."""
+        if self.job is not None and self.job.command.running:
+            self.job.command.stop_in_background()
+        self.job = None
 
 
 RUNNING = _Running()

@@ -93,8 +93,11 @@ class _Signals:
         return False
 
     def emit(self, signal: str, *args: Any) -> None:
+        """Slots in connection order; one disconnected while the signal is being emitted is not
+        called (Qt 5 skips a connection removed during ``QMetaObject::activate``)."""
         for slot in list(self._slots[signal]):
-            slot(*args)
+            if slot in self._slots[signal]:
+                slot(*args)
 
 
 class ModuleManager(_Signals):
@@ -113,6 +116,16 @@ class Application(_Signals):
         self.cursors: list[int] = []
         self.manager = ModuleManager()
         self.main_window: Any = None
+        self.loaded_modules: list[str] = []
+        # qSlicerCoreApplication's constructor: its own slot is the first on aboutToQuit(), so
+        # every module is unloaded (widgets' cleanup()) before any slot a module connects runs.
+        self.connect("aboutToQuit()", self._onAboutToQuit)
+
+    def _onAboutToQuit(self) -> None:
+        """``qSlicerCoreApplication::onAboutToQuit``: ``factoryManager()->unloadModules()``."""
+        for name in list(self.loaded_modules):
+            self.manager.emit("moduleAboutToBeUnloaded(QString)", name)
+        self.loaded_modules.clear()
 
     def testingEnabled(self) -> bool:
         return False
@@ -177,6 +190,7 @@ class ModuleHarness:
         self.widget: Any = None
         self.unloaded = False
         slicer.modules.__dict__[name.lower()] = types.SimpleNamespace(path=str(path), name=name)
+        slicer.app.loaded_modules.append(name)
 
     def create_widget(self) -> Any:
         """What qSlicerScriptedLoadableModuleWidget does: a panel with a vertical layout, the
@@ -209,10 +223,8 @@ class ModuleHarness:
         return self.widget
 
     def unload(self) -> None:
-        """Application exit: ``aboutToQuit()``, then the module manager unloads every module."""
-        slicer.app.emit("aboutToQuit()")
-        slicer.app.moduleManager().emit("moduleAboutToBeUnloaded(QString)", self.name)
-        self.unloaded = True
+        """Application exit (:meth:`Session.quit`): every module is unloaded."""
+        self.session.quit()
 
 
 class Session:
@@ -291,7 +303,9 @@ class Session:
         mp = self.monkeypatch
         mp.setattr(slicer, "app", self.app, raising=False)
         mp.setattr(slicer, "mrmlScene", self.scene, raising=False)
-        mp.setattr(slicer, "modules", types.SimpleNamespace(), raising=False)
+        terminologies = slicer.vtkSlicerTerminologiesModuleLogic()  # the real logic, from slicer-core
+        self.terminologies = terminologies
+        mp.setattr(slicer, "modules", types.SimpleNamespace(terminologies=types.SimpleNamespace(logic=lambda: terminologies)), raising=False)
         for name in ("qMRMLWidget", "qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox", "qMRMLTableView"):
             mp.setattr(slicer, name, widgets.WIDGET_CLASSES[name], raising=False)
         i18n = types.ModuleType("slicer.i18n")
@@ -299,21 +313,33 @@ class Session:
         i18n.translate = lambda context, text: text
         mp.setitem(sys.modules, "slicer.i18n", i18n)
         mp.setattr(slicer, "i18n", i18n, raising=False)
-        packaging = types.ModuleType("slicer.packaging")
-        packaging.pip_install = self._pip_install
-        mp.setitem(sys.modules, "slicer.packaging", packaging)
+        if (self.app.majorVersion, self.app.minorVersion) >= (5, 12):
+            packaging = types.ModuleType("slicer.packaging")  # new in Slicer 5.12
+            packaging.pip_install = self._pip_install
+            mp.setitem(sys.modules, "slicer.packaging", packaging)
+        else:
+            mp.setitem(sys.modules, "slicer.packaging", None)  # import fails, find_spec says None
+            mp.setattr(slicer.util, "pip_install", self._pip_install_5_10)
         mp.setitem(sys.modules, "slicer.ScriptedLoadableModule", self._load("slicer.ScriptedLoadableModule", loadable_module()))
         mp.setitem(sys.modules, "SampleData", self._load("SampleData", sample_data_module()))
 
-    def _pip_install(self, requirements: Any, **kwargs: Any) -> None:
-        """``slicer.packaging.pip_install``: raises CalledProcessError for a package the test made fail."""
+    def _pip_install(self, requirements: Any, show_progress: bool = True, blocking: bool = True, **kwargs: Any) -> None:
+        """``slicer.packaging.pip_install`` (Slicer 5.12.3): a failure raises CalledProcessError,
+        after Slicer's own "Package installation failed" dialog where it shows its progress
+        dialog (``show_progress and blocking``, outside testing mode)."""
         import subprocess
 
         names = requirements.split() if isinstance(requirements, str) else list(requirements)
         failing = [n for n in names if any(n.startswith(f) for f in self.pip_failures)]
         if failing:
-            raise subprocess.CalledProcessError(1, ["PythonSlicer", "-m", "pip", "install", *names], output="network unreachable")
+            if show_progress and blocking and not self.app.testingEnabled():
+                slicer.util.errorDisplay("Package installation failed.", windowTitle="Python packages", detailedText="network unreachable")
+            raise subprocess.CalledProcessError(1, "pip install")
         self.installed += names
+
+    def _pip_install_5_10(self, requirements: str) -> None:
+        """``slicer.util.pip_install`` of Slicer 5.10: no dialog, CalledProcessError on failure."""
+        self._pip_install(requirements, show_progress=False)
 
     def _load(self, name: str, path: Path) -> types.ModuleType:
         spec = importlib.util.spec_from_file_location(name, path)
@@ -335,12 +361,18 @@ class Session:
         self.harnesses.append(harness)
         return harness
 
-    def close(self) -> None:
-        """End of the test: modules unloaded (their cleanup), node selectors off the scene, so
-        that no scene event reaches a panel that is gone."""
+    def quit(self) -> None:
+        """File > Exit: ``aboutToQuit()``, whose first slot (the application's own) unloads every
+        module, then the slots modules connected."""
+        if not any(h.unloaded for h in self.harnesses):
+            self.app.emit("aboutToQuit()")
         for harness in self.harnesses:
-            if harness.widget is not None and not harness.unloaded:
-                harness.unload()
+            harness.unloaded = True
+
+    def close(self) -> None:
+        """End of the test: Slicer quits (modules' cleanup), node selectors off the scene, so
+        that no scene event reaches a panel that is gone."""
+        self.quit()
         for combo in list(widgets.qMRMLNodeComboBox._instances):
             combo.setMRMLScene(None)
 

@@ -110,6 +110,13 @@ class ScriptedLoadableModuleWidget:
     def onReload(self):
         slicer.util.reloadScriptedModule(self.moduleName)
 
+    def onTest(self, **kwargs):
+        """The developer section's *Test* (and the test half of *Reload and Test*): the module's
+        ``runTest`` called directly inside ``tryWithErrorDisplay``, not through unittest."""
+        with slicer.util.tryWithErrorDisplay("Test failed."):
+            test = slicer.selfTests[self.moduleName]
+            test(msec=0, **kwargs)
+
 
 class ScriptedLoadableModuleLogic:
     def __init__(self, parent=None):

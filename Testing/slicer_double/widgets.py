@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import sys
 import weakref
 from typing import Any
 
@@ -304,6 +305,7 @@ class ctkSliderWidget(QWidget):
     def __init__(self, parent: QObjectDouble | None = None) -> None:
         super().__init__(parent)
         self._d["props"].update(minimum=0.0, maximum=99.0, value=0.0, decimals=2, singleStep=1.0)
+        self._d["refused_steps"] = []  # what Slicer would have refused with a qWarning
 
     def _clamped(self, value: float) -> float:
         props = self._d["props"]
@@ -329,9 +331,16 @@ class ctkSliderWidget(QWidget):
         self._set_value(self._d["props"]["value"])
 
     def _set_singleStep(self, value: float) -> None:
+        """``ctkSliderWidget::setSingleStep`` refuses (a qWarning, the step unchanged) what
+        ``ctkDoubleSlider::isValidStep`` refuses: below max(maximum / DBL_MAX, DBL_EPSILON) or
+        above min(maximum - minimum, INT_MAX); any step is valid on an empty range."""
         props = self._d["props"]
-        if not 0 < value <= props["maximum"] - props["minimum"]:
-            return  # ctkSliderWidget::setSingleStep: "singleStep ... is out of bounds" (qWarning), step unchanged
+        low, high = props["minimum"], props["maximum"]
+        if low != high:
+            smallest = max(high / sys.float_info.max, sys.float_info.epsilon)
+            if not smallest <= float(value) <= min(high - low, float(2**31 - 1)):
+                self._d["refused_steps"].append(float(value))
+                return
         props["singleStep"] = float(value)
 
     def setValue(self, value: float) -> None:
@@ -381,6 +390,10 @@ class qMRMLTableView(QAbstractItemView):
         self._d["scene"] = scene
 
     def setMRMLTableNode(self, node: Any) -> None:
+        """A typed slot (``vtkMRMLTableNode*``, or a ``vtkMRMLNode*`` that must be one): PythonQt
+        refuses anything else with a TypeError."""
+        if node is not None and not (hasattr(node, "IsA") and node.IsA("vtkMRMLTableNode")):
+            raise TypeError(f"qMRMLTableView.setMRMLTableNode(vtkMRMLTableNode*): called with {type(node).__name__}")
         self._d["table"] = node
 
     def mrmlTableNode(self) -> Any:

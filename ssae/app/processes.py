@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 STOP_FILE_VARIABLE = "SSAE_STOP_FILE"
+PARENT_VARIABLE = "SSAE_PARENT_PID"  # the GUI process; the child stops as cancelled when it is gone
 
 
 WORKER_PREFIX = "@ssae-worker "  # starts the lines of :mod:`ssae.app.worker`'s protocol on its stdout
@@ -190,6 +191,7 @@ class BackgroundCommand(FollowedRun):
         self.command = [python or sys.executable, "-m", "ssae", *args]
         self.env = dict(env or engine_environment())
         self.env[STOP_FILE_VARIABLE] = str(self.stop_file)
+        self.env[PARENT_VARIABLE] = str(os.getpid())
         self.process: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
 
@@ -259,27 +261,76 @@ class ProgressFollower:
 
 def watch_stop_file(path: str | None = None, interval_s: float = 0.2) -> threading.Event | None:
     """In the child: when the parent creates the stop file (``path``, default the one named in
-    ``SSAE_STOP_FILE``), interrupt the main thread as Ctrl-C would (a SIGINT handler runs:
-    training saves its resume state, detection unwinds).
+    ``SSAE_STOP_FILE``), or when the parent named in ``SSAE_PARENT_PID`` has ended (the GUI quit
+    or crashed), interrupt the main thread as Ctrl-C would (a SIGINT handler runs: training
+    saves its resume state, detection unwinds). Once the parent is gone its pipe has no reader:
+    the child's output goes to the null device, so that no write fails while it saves.
 
     Returns an event that ends the watch when set (a worker watches one file per job), or None
-    when there is no stop file to watch.
+    when there is nothing to watch.
     """
     import _thread
 
     path = path or os.environ.get(STOP_FILE_VARIABLE)
-    if not path:
+    parent = ParentWatch.from_environment()
+    if not path and parent is None:
         return None
     finished = threading.Event()
 
     def watch() -> None:
+        interrupted = False
         while not finished.wait(interval_s):
-            if os.path.exists(path):
+            orphaned = parent is not None and not parent.alive()
+            if orphaned:
+                _silence_output()
+            if not interrupted and (orphaned or (path and os.path.exists(path))):
                 _thread.interrupt_main(signal.SIGINT)
+                interrupted = True
+            if orphaned or (interrupted and parent is None):
                 return
 
     threading.Thread(target=watch, name="ssae-stop-file", daemon=True).start()
     return finished
+
+
+class ParentWatch:
+    """Whether the process that started this one is still running (POSIX: this process has not
+    been re-parented; Windows: a handle opened at start has not been signalled)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._handle = None
+        if os.name == "nt":
+            import ctypes
+
+            synchronize = 0x00100000
+            self._handle = ctypes.windll.kernel32.OpenProcess(synchronize, False, pid)  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_environment(cls) -> ParentWatch | None:
+        value = os.environ.get(PARENT_VARIABLE, "")
+        if not value.isdigit():
+            return None
+        watch = cls(int(value))
+        return watch if watch.alive() else None  # not started by that process (a variable left over)
+
+    def alive(self) -> bool:
+        if os.name == "nt":
+            import ctypes
+
+            wait_object_0 = 0
+            return bool(self._handle) and ctypes.windll.kernel32.WaitForSingleObject(self._handle, 0) != wait_object_0  # type: ignore[attr-defined]
+        return os.getppid() == self.pid
+
+
+def _silence_output() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for descriptor in (1, 2):
+        try:
+            os.dup2(devnull, descriptor)
+        except OSError:
+            pass
+    os.close(devnull)
 
 
 def wait_for(command: FollowedRun, timeout_s: float, poll_s: float = 0.2) -> int:
