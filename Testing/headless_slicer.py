@@ -25,7 +25,10 @@ from vtk.util import numpy_support
 
 
 def headless_scene():
-    """A bare MRML scene with the application, colour and segmentation logic Slicer would have."""
+    """A bare MRML scene with the application, colour and segmentation logic Slicer would have.
+
+    Keep the returned application logic as long as the scene: when it is freed, its colour logic
+    removes the default colour nodes from the scene (labelmaps then lose their colour table)."""
     scene = slicer.vtkMRMLScene()
     app_logic = slicer.vtkSlicerApplicationLogic()
     app_logic.SetMRMLScene(scene)
@@ -40,6 +43,20 @@ def headless_scene():
     slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene, True)
     follow_removals_in_subject_hierarchy(scene)
     return scene, app_logic
+
+
+def orphaned_helpers(scene) -> list[str]:
+    """Display and storage nodes that no node of ``scene`` refers to: what a removal that forgot
+    them leaves behind (and saves with the scene). As "class ID" strings, sorted."""
+    nodes = [scene.GetNthNode(index) for index in range(scene.GetNumberOfNodes())]
+    referenced = set()
+    for node in nodes:
+        if node.IsA("vtkMRMLDisplayableNode"):
+            referenced |= {node.GetNthDisplayNodeID(i) for i in range(node.GetNumberOfDisplayNodes())}
+        if node.IsA("vtkMRMLStorableNode"):
+            referenced |= {node.GetNthStorageNodeID(i) for i in range(node.GetNumberOfStorageNodes())}
+    helpers = [node for node in nodes if node.IsA("vtkMRMLDisplayNode") or node.IsA("vtkMRMLStorageNode")]
+    return sorted(f"{node.GetClassName()} {node.GetID()}" for node in helpers if node.GetID() not in referenced)
 
 
 def follow_removals_in_subject_hierarchy(scene) -> None:

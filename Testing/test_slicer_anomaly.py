@@ -15,7 +15,7 @@ import SimpleITK as sitk
 import slicerio
 import vtk
 from conftest import SAMPLES, oblique_direction
-from headless_slicer import SliceViewRenderer, headless_scene
+from headless_slicer import SliceViewRenderer, headless_scene, orphaned_helpers
 from SSAEAnomalyLib import AnomalyLogic, AnomalyParameters, image_from_volume_node, show_in_slice_views, update_volume_node_from_image
 from SSAEAnomalyLib.volumes import array_from_volume_node
 
@@ -33,18 +33,6 @@ def _add_volume(scene, image: sitk.Image, name: str):
 
 def _node_ids(scene) -> list[str]:
     return [scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())]
-
-
-def _orphans(scene) -> list[str]:
-    """Display and storage nodes that no node of the scene refers to (left behind by a removal)."""
-    referenced = set()
-    for node in map(scene.GetNthNode, range(scene.GetNumberOfNodes())):
-        if node.IsA("vtkMRMLDisplayableNode"):
-            referenced |= {node.GetNthDisplayNodeID(i) for i in range(node.GetNumberOfDisplayNodes())}
-        if node.IsA("vtkMRMLStorableNode"):
-            referenced |= {node.GetNthStorageNodeID(i) for i in range(node.GetNumberOfStorageNodes())}
-    helpers = [n for n in map(scene.GetNthNode, range(scene.GetNumberOfNodes())) if n.IsA("vtkMRMLDisplayNode") or n.IsA("vtkMRMLStorageNode")]
-    return sorted(f"{n.GetClassName()} {n.GetID()}" for n in helpers if n.GetID() not in referenced)
 
 
 def _ijk_to_ras(node) -> np.ndarray:
@@ -532,10 +520,11 @@ def test_mask_updates_and_view_changes_release_what_vtk_hands_over(oblique_scene
 
 
 def _read_mrb(path: Path):
-    """A new scene (as a second Slicer session would have) read from a .mrb."""
+    """A new scene (as a second Slicer session would have) read from a .mrb, with its
+    application logic (which must live as long as the scene)."""
     import slicer
 
-    scene, _ = headless_scene()
+    scene, app_logic = headless_scene()
     cache = slicer.vtkCacheManager()
     cache.SetRemoteCacheDirectory(tempfile.mkdtemp())
     io = slicer.vtkDataIOManager()
@@ -543,7 +532,7 @@ def _read_mrb(path: Path):
     scene.SetDataIOManager(io)
     scene.SetCacheManager(cache)
     assert scene.ReadFromMRB(str(path))
-    return scene
+    return scene, app_logic
 
 
 def _folders(scene, name_part: str) -> list[int]:
@@ -573,8 +562,8 @@ def test_a_saved_scene_reloaded_and_detected_again_replaces_only_its_results(obl
     assert len(_folders(scene, "SSAE results")) == 1
     assert scene.WriteToMRB(str(tmp_path / "session.mrb"))
 
-    reloaded = _read_mrb(tmp_path / "session.mrb")
-    assert not _orphans(reloaded)
+    reloaded, _app_logic = _read_mrb(tmp_path / "session.mrb")
+    assert not orphaned_helpers(reloaded)
     again = AnomalyLogic(reloaded)
     params = again.parameters
     old_results = [params.segmentation, params.statistics_table, params.small_lesions, *map(params.result_volume, params.result_maps())]
@@ -587,7 +576,7 @@ def test_a_saved_scene_reloaded_and_detected_again_replaces_only_its_results(obl
     params.device, params.adapt = "cpu", "off"
     again.detect(replace_previous=True)
     assert not [n.GetName() for n in old_results + old_helpers if reloaded.IsNodePresent(n)], "old results stayed behind"
-    assert not _orphans(reloaded)
+    assert not orphaned_helpers(reloaded)
     assert not [f"{n.GetClassName()} {n.GetName()}" for n in others if not reloaded.IsNodePresent(n)], "a node that was not a result is gone"
     mine_again = reloaded.GetFirstNodeByName("my own edit")
     assert mine_again is not None and reloaded_hierarchy.GetItemByDataNode(mine_again)

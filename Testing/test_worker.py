@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +17,7 @@ import SimpleITK as sitk
 from ssae.app.processes import wait_for
 from ssae.app.worker_client import DetectionWorker
 from ssae.detection.detector import cached_detector
+from ssae.io.errors import SSAEError
 from ssae.models.checkpoint import load_model, save_model
 
 
@@ -94,6 +96,36 @@ def test_a_worker_that_dies_ends_its_job_and_the_next_job_gets_a_fresh_worker(wo
     job = worker.submit(_detect_args(tiny_model, image, tmp_path / "after"))
     assert wait_for(job, timeout_s=300, poll_s=0.05) == 0
     assert worker.starts == 2
+
+
+def test_two_threads_submitting_at_once_get_one_job_and_one_refusal(tiny_model, small_cases, tmp_path):
+    """The busy check, the start and the new job are one step: a second submit racing the first
+    is refused, never given a worker process of its own (whose job nothing could end)."""
+    image = small_cases / "patient19" / "flair.nii.gz"
+    for attempt in range(3):
+        worker = DetectionWorker()
+        barrier = threading.Barrier(2)
+        jobs, refusals = [], []
+
+        def submit(name: str, worker=worker, barrier=barrier, jobs=jobs, refusals=refusals) -> None:
+            barrier.wait()
+            try:
+                jobs.append(worker.submit(_detect_args(tiny_model, image, tmp_path / f"{attempt}{name}")))
+            except SSAEError as error:
+                refusals.append(str(error))
+
+        threads = [threading.Thread(target=submit, args=(name,)) for name in "ab"]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        try:
+            assert len(jobs) == 1 and len(refusals) == 1 and "busy" in refusals[0]
+            assert worker.starts == 1
+            assert wait_for(jobs[0], timeout_s=300, poll_s=0.05) == 0
+            assert not jobs[0].stop_file.exists()
+        finally:
+            worker.kill()
 
 
 def test_the_worker_ends_when_its_parent_closes_its_input(worker):

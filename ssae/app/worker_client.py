@@ -70,7 +70,8 @@ class DetectionWorker:
         self.current: WorkerJob | None = None
         self.starts = 0  # how many processes this worker has started (1 unless one died)
         self._jobs = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the current job, shared with the reader thread
+        self._submitting = threading.RLock()  # one submit, warm or start at a time
         self._idle_lines: queue.Queue[str] = queue.Queue()
         self.ready = threading.Event()
         self.device = ""  # where the networks run, as the worker described it when ready
@@ -85,41 +86,45 @@ class DetectionWorker:
 
     def start(self) -> None:
         """Start the child (done by :meth:`submit` and :meth:`warm` when none is running)."""
-        if self.alive:
-            return
-        process = start_child(self.command, self.env, stdin=subprocess.PIPE)
-        self.process = process
-        self.ready = threading.Event()  # set when the worker has done its imports
-        self.starts += 1
-        threading.Thread(target=self._read, args=(process,), name="ssae-worker-reader", daemon=True).start()
+        with self._submitting:
+            if self.alive:
+                return
+            process = start_child(self.command, self.env, stdin=subprocess.PIPE)
+            self.process = process
+            self.ready = threading.Event()  # set when the worker has done its imports
+            self.starts += 1
+            threading.Thread(target=self._read, args=(process,), name="ssae-worker-reader", daemon=True).start()
 
     def warm(self, model: str | os.PathLike[str], device: str = "auto") -> None:
         """Start the worker if needed and have it load ``model`` (and the atlas) before any job."""
-        if self.process is not None and (self.process.stdin is None or self.process.stdin.closed):
-            self.process = None
-        self.start()
-        self._send({"warm": {"model": os.fspath(model), "device": device}})
+        with self._submitting:
+            if self.process is not None and (self.process.stdin is None or self.process.stdin.closed):
+                self.process = None
+            self.start()
+            self._send({"warm": {"model": os.fspath(model), "device": device}})
 
     def submit(self, args: list[str | os.PathLike[str]], progress_log: Path | None = None) -> WorkerJob:
         """Run ``ssae ARGS`` in the worker; refuses while another job runs. A worker that was
         closed (or died) is replaced by a fresh one; a job that cannot be sent is never left
-        standing as "busy"."""
+        standing as "busy". Atomic: of two threads submitting at once, one gets the job and the
+        other the "busy" refusal, and only one worker process is ever started."""
         from ssae.io.errors import SSAEError
 
-        if self.busy:
-            raise SSAEError("the detection worker is busy; wait for the running job or cancel it")
         if not all(isinstance(arg, (str, os.PathLike)) for arg in args):  # refused here, before any state changes
             raise SSAEError(f"worker job arguments must be text or paths, got {args!r}")
         arguments = [os.fspath(arg) for arg in args]
-        if self.process is not None and (self.process.stdin is None or self.process.stdin.closed):
-            self.process = None  # closed by close(): the next job gets a fresh worker
-        self.start()
-        with self._lock:
-            self._jobs += 1
-            job = WorkerJob(self, self._jobs, arguments, progress_log, self.grace_s)
-            self.current = job
-        if not self._send({"job": job.id, "args": arguments, "stop_file": str(job.stop_file)}):
-            job.finish(1, "ssae: the detection worker could not take the job (it ended); try again")
+        with self._submitting:
+            if self.busy:
+                raise SSAEError("the detection worker is busy; wait for the running job or cancel it")
+            if self.process is not None and (self.process.stdin is None or self.process.stdin.closed):
+                self.process = None  # closed by close(): the next job gets a fresh worker
+            self.start()
+            with self._lock:
+                self._jobs += 1
+                job = WorkerJob(self, self._jobs, arguments, progress_log, self.grace_s)
+                self.current = job
+            if not self._send({"job": job.id, "args": arguments, "stop_file": str(job.stop_file)}):
+                job.finish(1, "ssae: the detection worker could not take the job (it ended); try again")
         return job
 
     def new_lines(self) -> list[str]:
