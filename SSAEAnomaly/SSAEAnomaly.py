@@ -47,6 +47,7 @@ UNSUPPORTED = unsupported_reason(sys.version_info, (slicer.app.majorVersion, sli
 if UNSUPPORTED is None:
     from SSAEAnomalyLib import AnomalyLogic, ComparisonJob
     from SSAEAnomalyLib.dependencies import ensure_engine_dependencies, missing_packages, packages_summary, self_test_skip_reason
+    from SSAEAnomalyLib.followup import finished_pairs
     from SSAEAnomalyLib.results import TERMINOLOGY_FILE
     from SSAEAnomalyLib.sample_data import sample_data_sources
 
@@ -406,7 +407,15 @@ class SSAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not source or not output:
             slicer.util.errorDisplay("Choose the folder of pairs and a folder for the results.")
             return
-        self._startJob(lambda: self.logic.followup.start_pairs(source, output, python=self._python()))
+        finished = finished_pairs(output)
+        resume = bool(finished)
+        if resume and not slicer.util.confirmYesNoDisplay(
+            f"{output} holds the results of an earlier run ({len(finished)} pair folder(s)). Continue that run? "
+            "Finished pairs are kept and the others compared. Choose No to pick another folder.",
+            windowTitle="Compare pairs",
+        ):
+            return
+        self._startJob(lambda: self.logic.followup.start_pairs(source, output, resume=resume, python=self._python()))
 
     def onPollJob(self):
         job = self.job

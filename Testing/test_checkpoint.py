@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from ssae.io.errors import SSAEError
-from ssae.io.model_file import CARD_KEY, CHECKSUM_KEY
+from ssae.io.model_file import CARD_KEY, CHECKSUM_KEY, LATER_SECTIONS
 from ssae.models.card import Calibration, ModelCard
 from ssae.models.checkpoint import load_model, read_model_card, save_model
 from ssae.models.networks import build_model
@@ -166,10 +166,30 @@ def test_a_threshold_that_is_not_a_finite_non_negative_number_is_refused(saved, 
         card["format_version"] = 1
         card["threshold"] = {"value": value, "method": "edited"}
         card["level_thresholds"] = {}
+        for name in LATER_SECTIONS:
+            card.pop(name, None)
 
     _rewrite_card(path, to_format_1, keep_checksum=False)
     with pytest.raises(SSAEError, match="threshold|malformed|corrupt"):
         read_model_card(path)
+
+
+@pytest.mark.parametrize("checksum", ["kept", "removed"])
+def test_a_card_relabelled_as_format_1_is_refused_whatever_its_checksum(saved, capsys, checksum):
+    """Format 1 had no checksum: relabelling a later card must not be a way around it."""
+    from ssae.app.cli import main
+
+    path, _ = saved
+
+    def relabel(card):
+        card["format_version"] = 1
+        card["threshold"] = {"value": 0.5, "method": "edited"}
+
+    _rewrite_card(path, relabel, keep_checksum=checksum == "kept")
+    with pytest.raises(SSAEError, match="checksum" if checksum == "kept" else "later format"):
+        read_model_card(path)
+    assert main(["info", str(path)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_a_folder_given_as_the_model_is_named_as_such(tmp_path):

@@ -23,7 +23,8 @@ from ssae.detection.detector import Detector
 from ssae.detection.followup import compare_scans
 from ssae.io.errors import SSAEError
 from ssae.preprocessing.pair_registration import affine_matrix
-from ssae.scoring.change import ChangeRule, lesion_changes
+from ssae.preprocessing.pair_resampling import as_sharp_as_carried, carried_onto, interpolation_variance
+from ssae.scoring.change import ChangeRule, lesion_changes, pair_normalised
 
 LESION_RADIUS_MM = 5.0
 
@@ -164,6 +165,70 @@ def test_each_lesion_gets_its_status_from_both_time_points():
     assert by_status["enlarging"].followup_ml > by_status["enlarging"].baseline_ml
     assert by_status["stable"].increase_ml == by_status["stable"].decrease_ml == 0
     assert rows[-1].status == "stable"  # the largest changes come first
+
+
+def _on_grid_of(image: sitk.Image, spacing_mm: float, shift_mm: float = 0.0) -> sitk.Image:
+    size = [round(n * s / spacing_mm) for n, s in zip(image.GetSize(), image.GetSpacing(), strict=True)]
+    origin = np.array(image.GetOrigin()) + np.array(image.GetDirection()).reshape(3, 3) @ np.full(3, shift_mm)
+    return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, tuple(origin), (spacing_mm,) * 3, image.GetDirection(), 0.0, sitk.sitkFloat32)
+
+
+@pytest.mark.parametrize("kind", ["half a voxel off on a 2.5 mm grid", "0.6 x + 100", "z-scored copy on a 2.5 mm grid"])
+def test_a_scan_compared_with_itself_shows_no_new_lesion(detector, small_cases, kind):
+    """No change, only resampling, another intensity offset and scale, or intensities centred
+    near zero: at most one new or enlarging lesion (the sharper scan must not look brighter)."""
+    scan = sitk.Cast(sitk.ReadImage(str(small_cases / "patient19" / "flair.nii.gz")), sitk.sitkFloat32)
+    if kind.startswith("half"):
+        baseline, followup = _on_grid_of(scan, 2.5, 1.25), _on_grid_of(scan, 2.5)
+    elif kind.startswith("0.6"):
+        baseline, followup = scan * 0.6 + 100.0, scan
+    else:
+        values = sitk.GetArrayFromImage(scan)
+        scored = sitk.GetImageFromArray((values - values.mean()) / values.std())
+        scored.CopyInformation(scan)
+        baseline, followup = _on_grid_of(scored, 2.5), _on_grid_of(scored, 2.5)
+    comparison = compare_scans(detector, baseline, followup)
+    assert comparison.counts["new"] + comparison.counts["enlarging"] <= 1, comparison.counts
+    assert comparison.change_ml()["increase_ml"] < 0.1 and comparison.change_ml()["decrease_ml"] < 0.1, comparison.change_ml()
+
+
+def test_the_baseline_is_matched_to_the_follow_up_s_intensity_scale():
+    rng = np.random.default_rng(0)
+    followup = rng.normal(100.0, 20.0, (20, 30, 30)).astype(np.float32)
+    brain = np.ones(followup.shape, dtype=bool)
+    same = pair_normalised(followup, followup, brain)
+    rescaled = pair_normalised(followup, 0.6 * followup + 100.0, brain)
+    assert np.allclose(same[1], rescaled[1], atol=1e-4) and np.allclose(same[0], same[1])
+    shifted = pair_normalised(followup - 150.0, followup - 150.0, brain)  # centred below zero, like a z-scored scan
+    assert float(np.median(shifted[0])) == pytest.approx(1.0) and float(np.percentile(shifted[0], 0.5)) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(SSAEError, match="constant"):
+        pair_normalised(followup, np.full(followup.shape, 5.0, np.float32), brain)
+
+
+def test_the_follow_up_is_made_as_sharp_as_the_carried_baseline():
+    grid = sitk.Image([40, 40, 30], sitk.sitkFloat32)
+    grid.SetSpacing((2.5, 2.5, 2.5))
+    shifted = sitk.Image(grid)
+    shifted.SetOrigin((1.25, 1.25, 1.25))
+    brain = np.ones((30, 40, 40), dtype=bool)
+    identity = sitk.Euler3DTransform()
+    assert np.allclose(interpolation_variance(grid, grid, identity, brain), 0.0)
+    assert np.allclose(interpolation_variance(grid, shifted, identity, brain), 0.25)
+    centre = np.array(grid.TransformIndexToPhysicalPoint((20, 20, 15)))
+
+    def blob_on(image: sitk.Image) -> sitk.Image:  # a 3 mm (SD) bright spot at one physical place
+        zyx = np.indices((30, 40, 40)).reshape(3, -1)[::-1].T
+        points = np.array(image.GetOrigin()) + zyx * 2.5
+        values = 100.0 * np.exp(-np.sum((points - centre) ** 2, axis=1) / (2 * 3.0**2))
+        result = sitk.GetImageFromArray(values.reshape(30, 40, 40).astype(np.float32))
+        result.CopyInformation(image)
+        return result
+
+    followup, baseline = blob_on(grid), blob_on(shifted)
+    carried = float(sitk.GetArrayFromImage(carried_onto(baseline, followup, identity)).max())
+    matched = float(sitk.GetArrayFromImage(as_sharp_as_carried(followup, baseline, identity, brain)).max())
+    assert carried < 90.0  # linear interpolation half a voxel off flattens the spot
+    assert abs(matched - carried) < 0.25 * (100.0 - carried), (carried, matched)  # the follow-up's spot no longer stands out
 
 
 def test_the_change_rule_refuses_nonsense():

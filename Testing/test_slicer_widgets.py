@@ -376,6 +376,40 @@ def test_compare_with_a_prior_scan_runs_from_the_panel_and_shows_the_changes(ses
     assert widget.ui.compareSummaryLabel.text == widget.ui.statusLabel.text
 
 
+def test_an_interrupted_run_over_pairs_continues_from_the_panel_and_keeps_finished_pairs(session, monkeypatch, small_cases, tiny_model, tmp_path):
+    """Results written inside the pairs folder are never taken for a pair; a second run into the
+    same folder asks, and continues with ``--resume`` (finished pairs untouched) or starts nothing."""
+    harness, widget = _anomaly_panel(session, tiny_model)
+    widget.ui.deviceComboBox.currentIndex = widget.ui.deviceComboBox.findText("cpu")
+    widget.ui.adaptComboBox.currentIndex = widget.ui.adaptComboBox.findData("off")
+    pairs, scan = tmp_path / "pairs", small_cases / "patient19" / "flair.nii.gz"
+    for name in ("p1", "p2"):
+        (pairs / name).mkdir(parents=True)
+        for study in ("study1", "study2"):
+            shutil.copy(scan, pairs / name / f"{study}.nii.gz")
+    shutil.move(pairs / "p2", tmp_path / "later")  # p2 arrives after the first run
+    output = pairs / "changes"
+    widget.ui.pairsPathLineEdit.currentPath, widget.ui.pairsOutputLineEdit.currentPath = str(pairs), str(output)
+    submitted = _run_jobs_in_process(monkeypatch, widget.logic)
+    widget.ui.comparePairsButton.click()
+    widget.timer._fire()
+    assert widget.ui.statusLabel.text.startswith("Pairs done: 1 of 1"), widget.ui.statusLabel.text
+    assert "--resume" not in submitted[-1] and not session.message_texts("question")
+    first = {p.name: p.stat().st_mtime_ns for p in (output / "p1").iterdir()}
+
+    shutil.move(tmp_path / "later", pairs / "p2")
+    session.answers["message"].append(QMessageBox.No)
+    widget.ui.comparePairsButton.click()  # declined: nothing starts
+    assert len(submitted) == 1 and "earlier run" in session.message_texts("question")[-1]
+    session.answers["message"].append(QMessageBox.Yes)
+    widget.ui.comparePairsButton.click()
+    widget.timer._fire()
+    assert "--resume" in submitted[-1]
+    assert widget.ui.statusLabel.text.startswith("Pairs done: 2 of 2"), widget.ui.statusLabel.text
+    assert {p.name: p.stat().st_mtime_ns for p in (output / "p1").iterdir()} == first  # kept, not redone
+    assert (output / "p2").is_dir()
+
+
 def test_an_older_slicer_shows_a_message_instead_of_a_traceback(monkeypatch):
     scene, _ = headless_scene()
     session = Session(scene, monkeypatch, version=(5, 8))

@@ -664,6 +664,143 @@ def case_compare_interrupted() -> None:
     complete_set_of(json.loads(next(out.glob("*_change_summary.json")).read_text(encoding="utf-8")))
 
 
+# -- round 3: comparisons without change, pairs that resume, calibration, presets, the worker -----
+
+
+def _iso(image: sitk.Image, spacing_mm: float, shift_mm: float = 0.0) -> sitk.Image:
+    size = [round(n * s / spacing_mm) for n, s in zip(image.GetSize(), image.GetSpacing(), strict=True)]
+    origin = np.array(image.GetOrigin()) + np.array(image.GetDirection()).reshape(3, 3) @ np.full(3, shift_mm)
+    return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, tuple(origin), (spacing_mm,) * 3, image.GetDirection(), 0.0, sitk.sitkFloat32)
+
+
+def _no_new_lesion(baseline: sitk.Image, followup: sitk.Image) -> None:
+    sitk.WriteImage(baseline, str(WORK / "baseline.nrrd"))
+    sitk.WriteImage(followup, str(WORK / "followup.nrrd"))
+    outcome = run(["compare", MODEL, WORK / "baseline.nrrd", WORK / "followup.nrrd", "-o", WORK / "o"])
+    assert outcome.code == 0, outcome.err[-500:]
+    summary = json.loads(next((WORK / "o").glob("*_change_summary.json")).read_text(encoding="utf-8"))
+    assert summary["new"] + summary["enlarging"] <= 1, f"{summary['new']} new, {summary['enlarging']} enlarging on a no-change pair"
+
+
+def case_compare_half_voxel_off() -> None:
+    scan = sitk.Cast(sitk.ReadImage(str(FLAIR)), sitk.sitkFloat32)
+    _no_new_lesion(_iso(scan, 2.5, 1.25), _iso(scan, 2.5))
+
+
+def case_compare_z_scored_copy() -> None:
+    scan = sitk.Cast(sitk.ReadImage(str(FLAIR)), sitk.sitkFloat32)
+    values = sitk.GetArrayFromImage(scan)
+    scored = sitk.GetImageFromArray((values - values.mean()) / values.std())
+    scored.CopyInformation(scan)
+    _no_new_lesion(_iso(scored, 2.5), _iso(scored, 2.5))
+
+
+def _pairs_folder() -> Path:
+    pairs = WORK / "pairs"
+    for name in ("p1", "p2"):
+        (pairs / name).mkdir(parents=True)
+        shutil.copy(PRIOR, pairs / name / "study1.nii.gz")
+        shutil.copy(FOLLOWUP, pairs / name / "study2.nii.gz")
+    return pairs
+
+
+def case_compare_pairs_rerun_and_resume() -> None:
+    pairs = _pairs_folder()
+    later = WORK / "p2"
+    shutil.move(pairs / "p2", later)
+    first = run(["compare", MODEL, pairs, "-o", pairs / "changes", "--no-adapt"], timeout=600)
+    assert first.code == 0, first.err[-500:]
+    shutil.move(later, pairs / "p2")
+    kept = {p.name: p.stat().st_mtime_ns for p in (pairs / "changes" / "p1").iterdir()}
+    again = run(["compare", MODEL, pairs, "-o", pairs / "changes", "--no-adapt", "--resume"], timeout=600)
+    assert again.code == 0, again.err[-500:]
+    assert {p.name: p.stat().st_mtime_ns for p in (pairs / "changes" / "p1").iterdir()} == kept, "a finished pair was redone"
+    rows = (pairs / "changes" / "comparisons.csv").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 3 and all(",ok," in row for row in rows[1:]), rows
+
+
+def case_compare_hard_link() -> None:
+    copy = WORK / "prior.nii.gz"
+    shutil.copy(PRIOR, copy)
+    os.link(copy, WORK / "linked.nii.gz")
+    expect_error(run(["compare", MODEL, copy, WORK / "linked.nii.gz", "-o", WORK / "o"]), "same file", 10)
+
+
+def case_calibrate_refusals() -> None:
+    expect_error(run(["calibrate", WORK / "gone.safetensors", TRAIN_FOLDER, "-o", WORK / "c.safetensors"]), "not found", 10)
+    expect_error(run(["calibrate", MODEL, TRAIN_FOLDER, "-o", WORK / "c.safetensors", "--subjects", ","]), "--subjects", 10)
+    (WORK / "models").mkdir()
+    expect_error(run(["calibrate", MODEL, TRAIN_FOLDER, "-o", WORK / "models", "--overwrite"]), "is a folder", 10)
+
+
+def case_calibrate_truncated_scan() -> None:
+    scans = _cohort("scans")
+    scan = scans / "patient19" / "flair.nii.gz"
+    raw = gzip.decompress(scan.read_bytes())
+    scan.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    out = WORK / "c.safetensors"
+    expect_error(run(["calibrate", MODEL, scans, "-o", out, "--subjects", "patient07,patient19", "--cache-dir", WORK / "cache"]), "truncated", 20)
+
+
+def case_preset_and_threshold() -> None:
+    outcome = run(["detect", MODEL, FLAIR, "-o", WORK / "o", "--operating-point", "specific", "--threshold", "0.5"])
+    assert outcome.code == 2 and "not allowed with" in outcome.err and "Traceback" not in outcome.err, outcome.err[-300:]
+
+
+def case_card_relabelled_format_1() -> None:
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(str(MODEL), framework="numpy") as handle:
+        metadata = handle.metadata()
+        state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    card = json.loads(metadata["ssae_model_card"])
+    card["format_version"], card["threshold"] = 1, {"value": 0.5, "method": "edited"}
+    metadata["ssae_model_card"] = json.dumps(card)
+    save_file(state, str(WORK / "kept.safetensors"), metadata=metadata)
+    expect_error(run(["info", WORK / "kept.safetensors"]), "checksum", 10)
+    del metadata["ssae_card_sha256"]
+    save_file(state, str(WORK / "removed.safetensors"), metadata=metadata)
+    expect_error(run(["info", WORK / "removed.safetensors"]), "later format", 10)
+
+
+def case_worker_submitted_twice_at_once() -> None:
+    program = (
+        "import sys, threading\n"
+        "from ssae.app.worker_client import DetectionWorker\n"
+        "from ssae.app.processes import wait_for\n"
+        "from ssae.io.errors import SSAEError\n"
+        "worker, barrier, jobs, refusals = DetectionWorker(), threading.Barrier(2), [], []\n"
+        "def submit(name):\n"
+        "    barrier.wait()\n"
+        "    try:\n"
+        f"        jobs.append(worker.submit(['detect', {str(MODEL)!r}, {str(FLAIR)!r}, '-o', name, '--no-adapt', '--no-scales']))\n"
+        "    except SSAEError as error:\n"
+        "        refusals.append(error)\n"
+        "threads = [threading.Thread(target=submit, args=(n,)) for n in ('a', 'b')]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "assert len(jobs) == 1 and len(refusals) == 1 and worker.starts == 1, (len(jobs), len(refusals), worker.starts)\n"
+        "assert wait_for(jobs[0], timeout_s=300) == 0\n"
+        "worker.close()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=400, cwd=WORK)
+    assert done.returncode == 0, done.stderr[-500:]
+
+
+def case_negative_label_values() -> None:
+    scans = _cohort("scans", ("patient19",))
+    label = scans / "patient19" / "consensus_gt.nii.gz"
+    sitk.WriteImage(sitk.Cast(sitk.ReadImage(str(label)), sitk.sitkInt16) - 1, str(label))
+    expect_error(run(["evaluate", MODEL, scans, "-o", WORK / "ev", *FAST]), "negative values", 30)
+
+
+def case_far_origin_as_nifti() -> None:
+    image = sitk.ReadImage(str(FLAIR))
+    image.SetOrigin((1e5 + 0.1234, -1e5 + 0.4321, 0.0))
+    sitk.WriteImage(image, str(WORK / "far.nrrd"))
+    expect_error(run(["detect", MODEL, WORK / "far.nrrd", "-o", WORK / "o", *FAST]), "--format nrrd", 30)
+
+
 def complete_set_of(summary: dict) -> None:
     for name, path in summary["files"].items():
         assert Path(path).is_file(), f"{name} missing"
@@ -748,6 +885,17 @@ CASES: dict[str, Callable[[], None]] = {
     "compare: a 2D follow-up, the same file twice, a missing file, --change-z nan": case_compare_bad_pairs,
     "compare: two different patients": case_compare_two_patients,
     "compare: Ctrl-C, then the next run": case_compare_interrupted,
+    "compare: a scan with itself half a voxel off on a 2.5 mm grid": case_compare_half_voxel_off,
+    "compare: a z-scored scan with its copy on a 2.5 mm grid": case_compare_z_scored_copy,
+    "compare: pairs rerun into PAIRS/changes with --resume": case_compare_pairs_rerun_and_resume,
+    "compare: the same file through a hard link": case_compare_hard_link,
+    "calibrate: missing model, --subjects ',', a folder as -o": case_calibrate_refusals,
+    "calibrate: one truncated scan among good ones": case_calibrate_truncated_scan,
+    "detect: --operating-point with --threshold": case_preset_and_threshold,
+    "info: a card relabelled as format 1": case_card_relabelled_format_1,
+    "worker: two threads submit at once": case_worker_submitted_twice_at_once,
+    "evaluate: a label with -1": case_negative_label_values,
+    "detect: an origin at 1e5 mm written as NIfTI": case_far_origin_as_nifti,
 }
 
 WORK = Path()

@@ -100,7 +100,7 @@ def ensure_engine_dependencies(ask: bool = True) -> bool:
     ):
         return False
     try:
-        with _wait_cursor(slicer):
+        with slicer.util.WaitCursor():  # the busy cursor while the blocking install runs
             if "torch" in missing:
                 _install_torch(slicer)
             others = [PIP_PACKAGES[name] for name in missing if name in PIP_PACKAGES]
@@ -148,18 +148,3 @@ def _pip_install(slicer, requirements: list[str]) -> None:
         importlib.import_module("slicer.packaging").pip_install(requirements, show_progress=False)
     else:
         slicer.util.pip_install(" ".join(requirements))
-
-
-class _wait_cursor:
-    """The application's busy cursor while a blocking install runs (restored on any exit)."""
-
-    def __init__(self, slicer) -> None:
-        self.app = slicer.app
-
-    def __enter__(self) -> None:
-        import qt
-
-        self.app.setOverrideCursor(qt.Qt.WaitCursor)
-
-    def __exit__(self, *exc: object) -> None:
-        self.app.restoreOverrideCursor()

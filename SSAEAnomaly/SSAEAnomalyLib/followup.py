@@ -33,7 +33,7 @@ import slicer
 from ssae.app.processes import FollowedRun
 from ssae.io.errors import SSAEError
 from ssae.io.volumes import read_volume
-from ssae.scoring.change import CHANGE_COLUMNS, CHANGE_LABELS, STATUSES
+from ssae.scoring.change import CHANGE_COLUMNS, CHANGE_LABELS, STATUSES, SUMMARY_SUFFIX
 
 from .results import add_lesion_segmentation, fill_string_table, place_under_input_study
 from .scene_ownership import oriented_image
@@ -132,19 +132,26 @@ class FollowupLogic:
         return ComparisonJob(command=command, workdir=workdir, output=workdir / "out", inputs=inputs)
 
     def start_pairs(
-        self, source: str | Path, output_folder: str | Path, python: str | None = None, env: dict[str, str] | None = None
+        self,
+        source: str | Path,
+        output_folder: str | Path,
+        resume: bool = False,
+        python: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> ComparisonJob:
         """``ssae compare`` over a CSV of pairs or a folder of pair folders; results stay in
-        ``output_folder`` (one folder per pair and ``comparisons.csv``)."""
+        ``output_folder`` (one folder per pair and ``comparisons.csv``). A folder that holds an
+        earlier run's results is refused unless ``resume`` (``--resume``: its finished pairs are
+        kept, the others compared)."""
         source, output = Path(source), Path(output_folder)
         if not source.exists():
             raise SSAEError(f"not found: {source}")
-        if (output / "comparisons.csv").exists():
-            raise SSAEError(f"{output} already holds a comparisons.csv; choose another folder")
+        if not resume and ((output / "comparisons.csv").exists() or finished_pairs(output)):
+            raise SSAEError(f"{output} holds the results of an earlier run; continue that run or choose another folder")
         model_path, card = self.logic._model()
         workdir = Path(tempfile.mkdtemp(prefix="ssae-pairs-"))
         args = ["compare", model_path, str(source), "-o", str(output), *self._common_args(model_path, card, workdir / "progress.jsonl")]
-        command = self.logic._submit(args, workdir, python, env)
+        command = self.logic._submit([*args, "--resume"] if resume else args, workdir, python, env)
         return ComparisonJob(command=command, workdir=workdir, output=output, keep_output=True)
 
     def load(self, job: ComparisonJob) -> ComparisonNodes:
@@ -225,3 +232,12 @@ def _read_summary(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise SSAEError("the comparison process wrote no results")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def finished_pairs(output_folder: str | Path) -> list[str]:
+    """The pair folders in ``output_folder`` that hold a comparison's summary (an earlier run's
+    results, finished or not: ``ssae compare --resume`` checks each pair's files)."""
+    folder = Path(output_folder)
+    if not folder.is_dir():
+        return []
+    return sorted(sub.name for sub in folder.iterdir() if sub.is_dir() and any(sub.glob(f"*{SUMMARY_SUFFIX}")))

@@ -22,7 +22,7 @@ from ssae.detection.result_files import detection_summary, estimated_bytes, outp
 from ssae.io.cases import Case, check_output_apart, find_cases, is_dicom_folder
 from ssae.io.errors import SSAEError
 from ssae.io.progress import ProgressLog
-from ssae.io.volumes import read_mask, read_volume, volume_stem
+from ssae.io.volumes import check_format_holds_geometry, read_mask, read_volume, volume_stem
 from ssae.io.writing import check_output_folder, refuse_existing, write_text
 from ssae.models.settings import AdaptationSettings
 from ssae.preprocessing.registration_check import alignment_warnings
@@ -83,6 +83,7 @@ def detect_one(
     """Detect in one scan and write its result set (see :func:`ssae.detection.result_files.write_detection`)."""
     stem = volume_stem(image_path)
     image = read_volume(image_path)
+    check_format_holds_geometry(image, fmt)
     mask = read_mask(brain_mask_path, image, "brain mask") if brain_mask_path else None
     card = detector.card
     levels = list(range(card.architecture.levels)) if scales else []

@@ -22,15 +22,16 @@ from ssae.detection.detector import CancelCheck, DetectionCancelled, DetectionRe
 from ssae.models.settings import AdaptationSettings
 from ssae.preprocessing.bias_field import bias_correct
 from ssae.preprocessing.pair_registration import PairAlignment, initial_pair_transform, register_pair
+from ssae.preprocessing.pair_resampling import as_sharp_as_carried, carried_onto
 from ssae.preprocessing.registration_check import alignment_warnings
 from ssae.scoring.change import (
     ChangeEvidence,
     ChangeRule,
     LesionChange,
-    brain_normalised,
     change_evidence,
     change_labels,
     lesion_changes,
+    pair_normalised,
     status_counts,
 )
 
@@ -184,9 +185,11 @@ def _pair_on_grid(
     before: DetectionResult,
     transform: sitk.Transform,
 ) -> PairOnGrid:
-    """The baseline's corrected intensities, brain and lesion mask carried onto the follow-up grid;
-    the compared brain is where both are brain and the baseline was in view."""
-    moved = sitk.Resample(corrected_before, followup, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    """The baseline's corrected intensities, brain and lesion mask carried onto the follow-up grid,
+    the follow-up made as sharp as the carried baseline (:mod:`ssae.preprocessing.pair_resampling`)
+    and both put on one intensity scale (:func:`ssae.scoring.change.pair_normalised`); the
+    compared brain is where both are brain and the baseline was in view."""
+    moved = carried_onto(corrected_before, followup, transform)
     field_of_view = sitk.Image(baseline.GetSize(), sitk.sitkUInt8) + 1
     field_of_view.CopyInformation(baseline)
 
@@ -194,9 +197,11 @@ def _pair_on_grid(
         return sitk.GetArrayFromImage(sitk.Resample(mask, followup, transform, sitk.sitkNearestNeighbor, 0)) > 0
 
     brain = (sitk.GetArrayFromImage(after.prepared.brain_mask) > 0) & carried(before.prepared.brain_mask) & carried(field_of_view)
+    sharpness_matched = as_sharp_as_carried(corrected_after, corrected_before, transform, brain)
+    followup_values, baseline_values = pair_normalised(sitk.GetArrayFromImage(sharpness_matched), sitk.GetArrayFromImage(moved), brain)
     return PairOnGrid(
-        followup=brain_normalised(sitk.GetArrayFromImage(corrected_after), brain),
-        baseline=brain_normalised(sitk.GetArrayFromImage(moved), brain),
+        followup=followup_values,
+        baseline=baseline_values,
         brain=brain,
         followup_lesions=sitk.GetArrayFromImage(after.mask) > 0,
         baseline_lesions=carried(before.mask),

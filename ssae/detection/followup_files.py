@@ -17,9 +17,7 @@ from ssae.detection.result_files import FORMATS, move_into_place
 from ssae.io.errors import SSAEError
 from ssae.io.writing import json_text, os_errors, refuse_existing, write_text, write_volume
 from ssae.preprocessing.atlas import write_transform
-from ssae.scoring.change import CHANGE_LABELS, change_table_csv
-
-SUMMARY_SUFFIX = "_change_summary.json"
+from ssae.scoring.change import CHANGE_LABELS, SUMMARY_SUFFIX, change_table_csv
 
 
 def comparison_paths(folder: Path, stem: str, fmt: str) -> dict[str, Path]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,13 +19,13 @@ from ssae.detection.cohorts import CohortSummary, table_csv
 from ssae.detection.detector import Detector
 from ssae.detection.followup import Comparison, compare_scans
 from ssae.detection.followup_files import comparison_bytes, comparison_paths, comparison_summary, write_comparison
-from ssae.io.cases import Case, check_output_apart, is_dicom_folder, is_volume_file, read_text_table, safe_case_name
+from ssae.io.cases import Case, check_output_apart, is_dicom_folder, is_result_folder, is_volume_file, read_text_table, safe_case_name
 from ssae.io.errors import SSAEError
 from ssae.io.progress import ProgressLog
-from ssae.io.volumes import read_mask, read_volume, volume_stem
+from ssae.io.volumes import check_format_holds_geometry, read_mask, read_volume, volume_stem
 from ssae.io.writing import check_output_folder, refuse_existing, write_text
 from ssae.models.settings import AdaptationSettings
-from ssae.scoring.change import STATUSES, ChangeRule
+from ssae.scoring.change import STATUSES, SUMMARY_SUFFIX, ChangeRule
 
 PAIRS_TABLE = "comparisons.csv"
 PAIR_COLUMNS = [
@@ -108,13 +109,34 @@ def _pairs_from_csv(manifest: Path) -> list[Pair]:
 
 
 def _pairs_from_folder(folder: Path) -> list[Pair]:
-    pairs = []
+    """One pair per subfolder holding two scans. Result folders (ssae's own, e.g. ``-o`` inside
+    the pairs folder) and subfolders without any scan are not pairs; a subfolder with one scan
+    or more than two is refused before any work, all such folders named at once, since which
+    two to compare cannot be guessed."""
+    pairs, unclear = [], []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if is_result_folder(sub):
+            continue
         scans = sorted(p for p in sub.iterdir() if (is_volume_file(p) and "mask" not in p.name.lower()) or is_dicom_folder(p))
-        if len(scans) != 2:
-            raise SSAEError(f"{sub} must hold exactly two scans (the earlier by name is the baseline), found {len(scans)}")
-        pairs.append(Pair(safe_case_name(sub.name), scans[0], scans[1]))
+        if len(scans) == 2:
+            pairs.append(Pair(safe_case_name(sub.name), scans[0], scans[1]))
+        elif scans:
+            unclear.append(f"{sub.name} ({len(scans)})")
+    if unclear:
+        raise SSAEError(
+            f"each pair folder of {folder} must hold exactly two scans (the earlier by name is the baseline); "
+            f"these do not (scans found): {', '.join(unclear)}"
+        )
     return pairs
+
+
+def same_file(first: Path, second: Path) -> bool:
+    """Whether two paths name one file: the same path, or links to the same file (a hard link,
+    a symbolic link, another mount of it)."""
+    try:
+        return Path(first).samefile(second)
+    except OSError:
+        return Path(first).resolve() == Path(second).resolve()
 
 
 def compare_one(
@@ -135,10 +157,12 @@ def compare_one(
     report: Callable[[float, str], None] | None = None,
 ) -> ComparisonOutcome:
     """Compare one pair and write its result set, named after the follow-up."""
-    if Path(baseline_path).resolve() == Path(followup_path).resolve():
+    if same_file(baseline_path, followup_path):
         raise SSAEError("the baseline and the follow-up are the same file")
+    check_output_apart(output_dir, [Case("baseline", Path(baseline_path)), Case("follow-up", Path(followup_path))])
     baseline = read_volume(baseline_path, "baseline")
     followup = read_volume(followup_path, "follow-up")
+    check_format_holds_geometry(followup, fmt, "the follow-up")
     baseline_mask = read_mask(baseline_mask_path, baseline, "baseline brain mask") if baseline_mask_path else None
     followup_mask = read_mask(followup_mask_path, followup, "follow-up brain mask") if followup_mask_path else None
     stem = volume_stem(followup_path)
@@ -185,13 +209,19 @@ def compare_pairs(
     *,
     progress_log: Path | None = None,
     log: Callable[[str], None] = print,
+    resume: bool = False,
     **options: Any,
 ) -> CohortSummary:
-    """Every pair of ``source`` into ``output_dir/<pair>/`` and ``output_dir/comparisons.csv``."""
+    """Every pair of ``source`` into ``output_dir/<pair>/`` and ``output_dir/comparisons.csv``.
+
+    ``resume`` (an interrupted run): a pair whose complete result set for the same two scans is
+    already in its folder is not compared again, its row comes from its summary. Without it (or
+    ``overwrite``) such a pair is an error row that says so."""
     pairs = find_pairs(source)
     check_output_apart(output_dir, [Case(p.name, path) for p in pairs for path in (p.baseline, p.followup)])
     table = output_dir / PAIRS_TABLE
-    refuse_existing([table], bool(options.get("overwrite")))
+    overwrite = bool(options.get("overwrite"))
+    refuse_existing([table], overwrite or resume)
     check_output_folder(output_dir)
     progress = ProgressLog(progress_log) if progress_log else None
     rows = []
@@ -204,16 +234,58 @@ def compare_pairs(
                     overall = (index + fraction) / len(pairs)
                     progress.event("progress", fraction=round(overall, 4), message=f"{name} ({index + 1}/{len(pairs)}): {message}")
 
-            rows.append(_pair_row(detector, pair, output_dir / pair.name, report, options))
+            folder = output_dir / pair.name
+            finished = None if overwrite else finished_pair_row(pair, folder, str(options.get("fmt", "nii.gz")))
+            if finished is not None and resume:
+                log(f"  already done: {folder}")
+                rows.append(finished)
+                continue
+            if finished is not None:
+                error = f"{folder} already holds results: pass --resume to keep them, --overwrite to redo them"
+                rows.append({**finished, "status": "error", "error": error})
+            else:
+                rows.append(_pair_row(detector, pair, folder, report, options))
             if rows[-1]["status"] != "ok":
                 log(f"  failed: {rows[-1]['error']}")
-        write_text(table_csv(rows, PAIR_COLUMNS), table, bool(options.get("overwrite")))
+        write_text(table_csv(rows, PAIR_COLUMNS), table, overwrite or resume)
         if progress is not None:
             progress.event("done", files={"comparisons": str(table)})
     finally:
         if progress is not None:
             progress.close()
     return CohortSummary(total=len(pairs), succeeded=sum(r["status"] == "ok" for r in rows), table=table)
+
+
+def finished_pair_row(pair: Pair, folder: Path, fmt: str) -> dict[str, Any] | None:
+    """The table row of a pair whose result set is complete in ``folder`` (its summary names the
+    same two scans and every file it lists is there), else None."""
+    stem = volume_stem(pair.followup)
+    try:
+        summary = json.loads((folder / f"{stem}{SUMMARY_SUFFIX}").read_text(encoding="utf-8"))
+        files = [Path(p) for p in summary["files"].values()]
+        scans = (Path(summary["baseline"]), Path(summary["followup"]))
+        registration = summary["registration"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    expected = set(comparison_paths(folder, stem, fmt).values())
+    if not same_file(scans[0], pair.baseline) or not same_file(scans[1], pair.followup) or set(files) != expected:
+        return None
+    if not all(p.is_file() and p.stat().st_size > 0 for p in files):
+        return None
+    numbers = {column: summary[column] for column in (*STATUSES, "increase_ml", "decrease_ml") if column in summary}
+    return {
+        "pair": pair.name,
+        "baseline": str(pair.baseline),
+        "followup": str(pair.followup),
+        "results": str(folder),
+        "status": "ok",
+        "error": "",
+        **{k: f"{v:.4f}" if isinstance(v, float) else v for k, v in numbers.items()},
+        "registration_check": "passed" if registration.get("passed") else "warning",
+        "correlation": f"{registration.get('correlation', 0.0):.3f}",
+        "warnings": "; ".join(summary.get("warnings") or []),
+        "seconds": "",
+    }
 
 
 def _pair_row(detector: Detector, pair: Pair, folder: Path, report, options: dict[str, Any]) -> dict[str, Any]:

@@ -87,8 +87,9 @@ def safe_case_name(name: str) -> str:
 
 
 def is_result_folder(folder: Path) -> bool:
-    """Whether ``folder`` holds ssae's own results (a detection summary or a cohort table)."""
-    if (folder / "cohort.csv").is_file():
+    """Whether ``folder`` holds ssae's own results (a detection or comparison summary, a cohort
+    or pairs table): never read as input, wherever a user points ``-o``."""
+    if (folder / "cohort.csv").is_file() or (folder / "comparisons.csv").is_file():
         return True
     for summary in folder.glob("*_summary.json"):
         try:
@@ -277,14 +278,22 @@ def _with_external_mask(case: Case, folder: Path) -> Case:
 
 
 def check_case_files(cases: list[Case], need_label: bool = False) -> None:
-    """Before any work: every case's image is readable, and its brain mask and lesion label are
-    real masks on the image's grid (what :func:`read_case_volumes` checks, case by case, later)."""
+    """Before any work: every case's image is readable and complete (a NIfTI file's voxel data
+    to the end, so that one truncated scan among many is refused before hours of work on the
+    others), and its brain mask and lesion label are real masks on the image's grid (what
+    :func:`read_case_volumes` checks, case by case, later)."""
+    from ssae.io.volumes import check_nifti_payload
+
     for case in cases:
         if need_label and case.label is None:
             raise SSAEError(f"case {case.name} has no lesion label (expected e.g. consensus_gt, *_seg or a 'label' column)")
+        if not case.image.exists():
+            raise SSAEError(f"image of {case.name} not found: {case.image}")
+        if case.image.is_file() and case.image.name.lower().endswith((".nii", ".nii.gz")):
+            check_nifti_payload(case.image, f"image of {case.name}")
+        reference = _grid_of(case.image, f"image of {case.name}")
         if case.brain_mask is None and case.label is None:
             continue
-        reference = _grid_of(case.image, f"image of {case.name}")
         if case.brain_mask is not None:
             read_mask(case.brain_mask, reference, f"brain mask of {case.name}")
         if case.label is not None:

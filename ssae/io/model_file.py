@@ -33,6 +33,12 @@ FORMAT_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)
 
 
+# Card sections that format 1 never had (it kept one "threshold" and "level_thresholds"): a card
+# labelled format 1 that holds one was relabelled, which would also skip the checksum that every
+# later format carries (a checksum present in the file is verified whatever the label says).
+LATER_SECTIONS = ("thresholds", "calibration", "adaptation", "healthy_tails", "healthy_tails_grid", "operating_points", "healthy_candidates")
+
+
 MAX_HEADER_BYTES = 100_000_000
 
 
@@ -136,8 +142,14 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise SSAEError(
             f"{path.name} has model format version {version}; this ssae reads versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
-    if version >= 2 and metadata.get(CHECKSUM_KEY) != card_checksum(metadata[CARD_KEY]):
+    if (version >= 2 or CHECKSUM_KEY in metadata) and metadata.get(CHECKSUM_KEY) != card_checksum(metadata[CARD_KEY]):
         raise SSAEError(f"{path.name}: the model card does not match its checksum (the file was modified or is corrupt)")
+    later = [name for name in LATER_SECTIONS if name in card] if version == 1 else []
+    if later:
+        raise SSAEError(
+            f"{path.name}: its card says model format 1 but holds sections of a later format ({', '.join(later)}); "
+            "the file was modified or is corrupt"
+        )
     return card
 
 

@@ -217,11 +217,17 @@ def read_mask(path: str | os.PathLike[str], reference: sitk.Image, what: str) ->
         raise SSAEError(
             f"{what} {path.name} does not match its image's geometry "
             f"(size {mask.GetSize()} vs {reference.GetSize()}, spacing {_fmt(mask.GetSpacing())} vs "
-            f"{_fmt(reference.GetSpacing())}, origin {_fmt(mask.GetOrigin())} vs {_fmt(reference.GetOrigin())})"
+            f"{_fmt(reference.GetSpacing())}, origin {_fmt(mask.GetOrigin())} vs {_fmt(reference.GetOrigin())}, "
+            f"direction {_fmt(mask.GetDirection())} vs {_fmt(reference.GetDirection())})"
         )
     values = sitk.GetArrayViewFromImage(mask)
     if np.issubdtype(values.dtype, np.floating) and not np.array_equal(values, np.round(values)):
         raise SSAEError(f"{what} {path.name} holds non-integer values: it looks like a scan, not a mask or label image")
+    if values.size and float(values.min()) < 0:
+        raise SSAEError(
+            f"{what} {path.name} holds negative values ({float(values.min()):g}): a mask or label image holds 0 for "
+            "background and positive values for what it marks; set voxels to leave out to 0"
+        )
     classes = np.unique(values).size
     if classes > MAX_LABEL_CLASSES:
         raise SSAEError(
@@ -238,10 +244,27 @@ def _fmt(values: tuple[float, ...]) -> str:
 
 
 def same_geometry_values(geometry: tuple, image: sitk.Image, tolerance: float = GEOMETRY_TOLERANCE) -> bool:
+    """Size equal; spacing, origin (mm) and direction cosines within ``tolerance``, absolutely:
+    a relative tolerance would let a grid 100 m from the scanner's centre move by a millimetre."""
     size, spacing, origin, direction = geometry
     return (
         tuple(size) == image.GetSize()
-        and np.allclose(spacing, image.GetSpacing(), atol=tolerance)
-        and np.allclose(origin, image.GetOrigin(), atol=tolerance)
-        and np.allclose(direction, image.GetDirection(), atol=tolerance)
+        and np.allclose(spacing, image.GetSpacing(), rtol=0.0, atol=tolerance)
+        and np.allclose(origin, image.GetOrigin(), rtol=0.0, atol=tolerance)
+        and np.allclose(direction, image.GetDirection(), rtol=0.0, atol=tolerance)
     )
+
+
+def check_format_holds_geometry(image: sitk.Image, fmt: str, what: str = "the scan") -> None:
+    """Before any work: NIfTI keeps positions and voxel sizes in single precision, which moves a
+    grid far from the scanner's centre by more than the write check allows (an origin of 1e5 mm
+    by about 0.004 mm); refuse then, and name a format that keeps them (NRRD and MHA store doubles)."""
+    if fmt not in ("nii", "nii.gz"):
+        return
+    values = np.array([*image.GetOrigin(), *image.GetSpacing()], dtype=np.float64)
+    moved = float(np.abs(values.astype(np.float32).astype(np.float64) - values).max())
+    if moved > GEOMETRY_TOLERANCE:
+        raise SSAEError(
+            f"NIfTI would move {what}'s grid by {moved:.2g} mm (it stores positions in single precision and the origin is "
+            f"{_fmt(image.GetOrigin())} mm); write --format nrrd or mha, which keep them exactly"
+        )

@@ -77,6 +77,17 @@ def os_errors(action: str) -> Iterator[None]:
         raise SSAEError(f"{action}: {reason}") from None
 
 
+def check_output_file(path: Path, overwrite: bool, needed_bytes: int = 0) -> None:
+    """Before any work: ``path`` can be written as a file (not a folder, not an existing file
+    unless ``overwrite``, in a writable folder with room), so that nothing is refused only once
+    the work is done."""
+    path = Path(path)
+    if path.is_dir():
+        raise SSAEError(f"{path} is a folder; give the name of the file to write")
+    refuse_existing([path], overwrite)
+    check_output_folder(path.parent, needed_bytes)
+
+
 def check_output_folder(folder: Path, needed_bytes: int = 0) -> None:
     """Before any work: the output folder is (or can become) a writable folder with room.
 

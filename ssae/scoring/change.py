@@ -1,8 +1,10 @@
 """What changed between a baseline and a follow-up FLAIR of one patient, on the follow-up's grid.
 
-Both scans arrive bias-corrected, the baseline already resampled onto the follow-up's grid
-(:mod:`ssae.preprocessing.pair_registration`), each divided by its brain's median intensity.
-The rule, and the reason for each part:
+Both scans arrive bias-corrected, the baseline already carried onto the follow-up's grid and
+the follow-up made as sharp as the carried baseline (:mod:`ssae.preprocessing.pair_resampling`:
+otherwise the sharper scan looks brighter), both on the follow-up's intensity scale with the
+baseline matched to it (:func:`pair_normalised`: a scan stored with another offset or scale, or
+z-scored, compares as the same scan). The rule, and the reason for each part:
 
 * **Drift removed.** Two acquisitions differ by smooth intensity fields (residual bias, coil,
   contrast) that look like change everywhere; lesion changes are focal. The difference's smooth
@@ -15,14 +17,19 @@ The rule, and the reason for each part:
   differences are invisible to a reader, and where two scans are nearly identical (one scan
   loaded twice) the noise estimate goes to zero and interpolation alone would pass any z.
 * **Registration tolerance.** A voxel is brighter now only if it is brighter than the baseline's
-  brightest in-plane neighbour within ``tolerance_voxels`` (and the other way round): the edges
-  of ventricles and sulci then do not light up from sub-voxel misregistration or from slices
-  acquired at other positions ("subtraction with dilation").
+  brightest neighbour within ``tolerance_voxels`` (and the other way round): the edges of
+  ventricles and sulci then do not light up from sub-voxel misregistration or from slices
+  acquired at other positions ("subtraction with dilation"). Neighbours count along every axis
+  whose voxels are no thicker than ``TOLERANCE_THICKNESS`` x the finest: in-plane only on thick
+  slices (a neighbouring 4 mm slice is another place), in 3D on a near-isotropic grid, where
+  misregistration is sub-voxel through the plane as well.
 * **Lesion-like.** A voxel that became brighter must be brighter than ``brighter_than`` x the
   brain median now; one that became darker must have been that bright before: the model card's
   hyper-intensity prior, the same criterion that draws the prior map.
-* **Size.** Connected changes (26-connected, per direction) smaller than ``min_change_mm3`` are
-  dropped: below about 3 mm across a change cannot be read reliably on 3-4 mm slices.
+* **Size.** Connected changes (26-connected, per direction) smaller than ``min_change_mm3``, or
+  than ``MIN_CHANGE_VOXELS`` voxels, are dropped: below about 3 mm across a change cannot be read
+  reliably on 3-4 mm slices, and on a coarse grid (a 2.5 mm voxel is 15.6 mm3) one voxel alone
+  is interpolation, not a lesion.
 
 SciPy is imported where the rule runs: the Slicer panel reads this module's labels, statuses and
 table columns in Slicer's own process, before the engine's packages are installed.
@@ -44,6 +51,9 @@ from ssae.io.errors import SSAEError
 
 CHANGE_LABELS = {1: "new or enlarging", 2: "shrinking or resolved"}
 STATUSES = ("new", "enlarging", "stable", "shrinking", "resolved")
+SUMMARY_SUFFIX = "_change_summary.json"
+MIN_CHANGE_VOXELS = 2  # no single voxel is a change, whatever its size in mm3 (see "Size")
+TOLERANCE_THICKNESS = 1.5  # axes this much thicker than the finest get no registration tolerance  # a comparison's summary file: <follow-up stem><suffix>
 _CONNECTED = np.ones((3, 3, 3), dtype=bool)
 
 
@@ -77,7 +87,7 @@ class ChangeRule:
 
     def describe(self) -> str:
         return (
-            f"change above {self.z:g} noise SDs beyond a {self.tolerance_voxels}-voxel in-plane tolerance, in tissue brighter than "
+            f"change above {self.z:g} noise SDs beyond a {self.tolerance_voxels}-voxel tolerance (in-plane on thick slices), in tissue brighter than "
             f"{self.brighter_than:g} x the brain median at the brighter time and by at least {self.min_step:g} x it, drift over "
             f"{self.drift_mm:g} mm removed, changes >= {self.min_change_mm3:g} mm3"
         )
@@ -93,13 +103,28 @@ class ChangeEvidence:
     noise: float  # robust SD of the drift-corrected difference, in brain-median units
 
 
-def brain_normalised(values: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    """Intensities divided by the brain's median (robust to the lesion load)."""
-    inside = values[brain]
-    median = float(np.median(inside)) if inside.size else 0.0
+def pair_normalised(followup: np.ndarray, baseline: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both scans on the follow-up's intensity scale: 0 at detection's intensity offset (the
+    brain's 0.5th percentile where that is negative, as in a z-scored scan; else 0, as for MR
+    magnitudes) and 1 at the follow-up's brain median; the baseline matched to the follow-up by
+    the median and interquartile range of the brain both share (mostly unchanged tissue).
+
+    So a baseline stored with another intensity offset or scale (a rescaled export, another
+    scanner's gain, a z-scored copy) compares as the same scan, and a step of 0.1 or a factor of
+    1.3 means the same on any input, also where intensities are centred near zero."""
+    after, before = followup[brain], baseline[brain]
+    if after.size == 0:
+        raise SSAEError("the two scans share no brain voxels: cannot compare their intensities")
+    offset = min(float(np.percentile(after, 0.5)), 0.0)
+    median = float(np.median(after)) - offset
     if not np.isfinite(median) or median <= 0:
-        raise SSAEError("the brain's median intensity is not positive: cannot compare the two scans' intensities")
-    return (values / median).astype(np.float32)
+        raise SSAEError("the follow-up's brain median intensity is not above its darkest voxels: cannot compare the two scans")
+    q_after, q_before = np.percentile(after, (25, 50, 75)), np.percentile(before, (25, 50, 75))
+    spread_after, spread_before = float(q_after[2] - q_after[0]), float(q_before[2] - q_before[0])
+    if not (np.isfinite(spread_before) and spread_before > 0 and spread_after > 0):
+        raise SSAEError("the brain intensities of one scan are constant: cannot compare the two scans")
+    matched = (baseline - q_before[1]) * (spread_after / spread_before) + q_after[1]
+    return ((followup - offset) / median).astype(np.float32), ((matched - offset) / median).astype(np.float32)
 
 
 def _smooth_inside(values: np.ndarray, inside: np.ndarray, sigma_mm: float, spacing_xyz: tuple[float, ...]) -> np.ndarray:
@@ -131,13 +156,19 @@ def change_evidence(
     if noise <= 1e-6:  # the same scan twice: nothing changed
         empty = np.zeros(brain.shape, dtype=bool)
         return ChangeEvidence(np.zeros(brain.shape, np.float32), empty, empty.copy(), noise)
-    window = (1, 2 * rule.tolerance_voxels + 1, 2 * rule.tolerance_voxels + 1)
+    window = tolerance_window(spacing_xyz, rule.tolerance_voxels)
     baseline_peak = ndimage.maximum_filter(baseline, size=window) if rule.tolerance_voxels else baseline
     followup_peak = ndimage.maximum_filter(followup, size=window) if rule.tolerance_voxels else followup
     step = max(rule.z * noise, rule.min_step)
     increase = brain & (followup > rule.brighter_than) & (followup - baseline_peak > step)
     decrease = brain & (baseline > rule.brighter_than) & (baseline - followup_peak > step)
     return ChangeEvidence((difference / noise).astype(np.float32), increase, decrease, noise)
+
+
+def tolerance_window(spacing_xyz: tuple[float, ...], tolerance_voxels: int) -> tuple[int, ...]:
+    """The neighbourhood ([z, y, x] sizes) of the registration tolerance (see the module doc)."""
+    finest = min(spacing_xyz)
+    return tuple(2 * tolerance_voxels + 1 if s <= TOLERANCE_THICKNESS * finest else 1 for s in spacing_xyz[::-1])
 
 
 def _without_small(mask: np.ndarray, min_voxels: int) -> np.ndarray:
@@ -154,7 +185,7 @@ def _without_small(mask: np.ndarray, min_voxels: int) -> np.ndarray:
 
 def change_labels(evidence: ChangeEvidence, voxel_mm3: float, min_change_mm3: float) -> np.ndarray:
     """The change labelmap: 1 = new or enlarging, 2 = shrinking or resolved, 0 = no change."""
-    min_voxels = int(np.ceil(min_change_mm3 / voxel_mm3)) if min_change_mm3 > 0 else 0
+    min_voxels = max(int(np.ceil(min_change_mm3 / voxel_mm3)), MIN_CHANGE_VOXELS) if min_change_mm3 > 0 else 0
     labels = np.zeros(evidence.increase.shape, dtype=np.uint8)
     labels[_without_small(evidence.increase, min_voxels)] = 1
     labels[_without_small(evidence.decrease, min_voxels)] = 2

@@ -34,9 +34,9 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ssae.io.cases import find_cases
+    from ssae.io.cases import check_case_files, find_cases
     from ssae.io.progress import ProgressLog, stderr_terminal
-    from ssae.io.writing import check_output_folder, refuse_existing
+    from ssae.io.writing import check_output_file, check_output_folder
     from ssae.models.checkpoint import load_model
     from ssae.models.devices import resolve_device
     from ssae.models.settings import AdaptationSettings
@@ -47,9 +47,9 @@ def run(args: argparse.Namespace) -> None:
     loaded = load_model(args.model, device)
     if args.output.resolve() == args.model.resolve():
         raise SSAEError("the adapted model must go to a new file; the model given is never changed")
-    refuse_existing([args.output], args.overwrite)
-    check_output_folder(args.output.parent, args.model.stat().st_size * 2)
+    check_output_file(args.output, args.overwrite, args.model.stat().st_size * 2)
     cases = find_cases(args.data, args.brain_masks)
+    check_case_files(cases)
     check_output_folder(args.cache_dir or default_cache_dir())
     base = loaded.card.adaptation.settings if loaded.card.adaptation is not None else AdaptationSettings()
     settings = adaptation_settings(args, base)

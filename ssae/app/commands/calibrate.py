@@ -39,32 +39,34 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from ssae.detection.detector import Detector
-    from ssae.io.cases import find_cases
-    from ssae.io.writing import check_output_folder, refuse_existing
+    from ssae.io.cases import check_case_files, find_cases
+    from ssae.io.writing import check_output_file, check_output_folder
     from ssae.models.checkpoint import load_model, save_model
     from ssae.models.devices import resolve_device
     from ssae.training.calibration import calibrate_card
     from ssae.training.slice_cache import default_cache_dir, healthy_scans
 
+    device = resolve_device(args.device)
+    loaded = load_model(args.model, device)  # a missing or foreign model file is refused first
+    card = loaded.card
     if args.output.resolve() == args.model.resolve():
         raise SSAEError("write the calibrated model to a new file; the model given is never changed")
-    refuse_existing([args.output], args.overwrite)
-    check_output_folder(args.output.parent, args.model.stat().st_size * 2)
-    device = resolve_device(args.device)
-    loaded = load_model(args.model, device)
-    card = loaded.card
+    check_output_file(args.output, args.overwrite, args.model.stat().st_size * 2)
     cases = find_cases(args.data, args.brain_masks)
     check_output_folder(args.cache_dir or default_cache_dir())
     names = [c.name for c in cases]
     validation = list(card.training.get("data", {}).get("val_subjects") or [])
     if args.subjects:
         subjects = [name.strip() for name in args.subjects.split(",") if name.strip()]
+        if not subjects:
+            raise SSAEError(f"--subjects names no case: give comma-separated case names of {args.data}")
         missing = [name for name in subjects if name not in names]
         if missing:
             raise SSAEError(f"--subjects names cases that {args.data} does not hold: {', '.join(missing)}")
     else:
         subjects = validation if validation and set(validation) <= set(names) else names
     chosen = [c for c in cases if c.name in subjects]
+    check_case_files(chosen)  # one bad scan is refused before the others' bias correction and registration
     adaptation = card.adaptation.settings if card.adaptation is not None else defaults.DEFAULT_ADAPTATION
     enabled = card.adaptation.enabled if card.adaptation is not None else True
     percentile = card.calibration.percentile or 99.9

@@ -33,12 +33,15 @@ def add_adaptation(parser: argparse.ArgumentParser, title: str) -> None:
 
 
 def add_operating_point(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    """``--operating-point`` or ``--threshold``, never both: a named preset silently overridden
+    by a threshold would be reported as the preset it is not."""
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument(
         "--operating-point",
         choices=OPERATING_POINT_NAMES,
         help="the model card's label-free preset that turns the map into a mask, in healthy false-positive budgets (default: the card's, balanced)",
     )
-    parser.add_argument(
+    choice.add_argument(
         "--threshold",
         type=positive_float,
         help="a threshold in the map's own units instead of the operating point (its minimum lesion size still applies)",

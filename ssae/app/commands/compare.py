@@ -61,6 +61,11 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         "--progress-log", type=progress_log_path, help="append JSON-lines progress events (fraction, message) to this file"
     )
     compare.add_argument("--overwrite", action="store_true", help="replace existing result files")
+    compare.add_argument(
+        "--resume",
+        action="store_true",
+        help="a CSV or folder of pairs: skip the pairs whose complete result set is already in the output folder (an interrupted run)",
+    )
     add_device(compare)
     compare.set_defaults(run=run)
 
@@ -74,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
         raise SSAEError("give a baseline and a follow-up scan, or one CSV / folder of pairs")
     if pairs and (args.baseline_mask or args.followup_mask):
         raise SSAEError("--baseline-mask and --followup-mask are for one pair; a CSV of pairs has baseline_mask / followup_mask columns")
+    if args.resume and args.overwrite:
+        raise SSAEError("--resume keeps finished results and --overwrite redoes them: choose one")
+    if args.resume and not pairs:
+        raise SSAEError("--resume is for a CSV or folder of pairs")
     detector = cached_detector(args.model, args.device, args.batch_size)
     prior_factor = detector.card.postprocessing.prior_factor or ChangeRule.brighter_than
     options = {
@@ -85,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
         "overwrite": args.overwrite,
     }
     if pairs:
-        summary = compare_pairs(detector, args.baseline, args.output_dir, progress_log=args.progress_log, log=print, **options)
+        summary = compare_pairs(
+            detector, args.baseline, args.output_dir, progress_log=args.progress_log, log=print, resume=args.resume, **options
+        )
         print(f"{summary.succeeded} of {summary.total} pair(s) done; table: {summary.table}")
         if summary.failed:
             print(f"ssae: {summary.failed} pair(s) failed; their errors are in {summary.table}", file=sys.stderr)

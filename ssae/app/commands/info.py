@@ -16,6 +16,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     import json
 
+    from ssae.io.errors import SSAEError
     from ssae.io.model_file import verify_weights
     from ssae.models.card_text import describe_card
     from ssae.models.checkpoint import check_weights_fit_card, read_model_card
@@ -23,4 +24,8 @@ def run(args: argparse.Namespace) -> None:
     card = read_model_card(args.model)
     verify_weights(args.model, card)
     check_weights_fit_card(args.model, card)
-    print(json.dumps(card, indent=2) if args.json else describe_card(card))
+    try:
+        text = json.dumps(card, indent=2) if args.json else describe_card(card)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a value the card's checks let through, in words
+        raise SSAEError(f"{args.model.name}: the model card is incomplete or malformed ({exc!s})") from None
+    print(text)
