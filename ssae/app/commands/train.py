@@ -17,7 +17,6 @@ from ssae.app.arguments import (
     progress_log_path,
 )
 from ssae.app.commands.common import MAP_CHOICES, adaptation_settings, add_adaptation, add_device, dataset_name, warn
-from ssae.io.errors import SSAEError
 from ssae.training import defaults
 
 
@@ -134,7 +133,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     from ssae.io.cases import check_case_files, find_cases, warn_if_labelled
     from ssae.io.progress import ProgressLog, stderr_terminal
-    from ssae.io.writing import check_output_folder
+    from ssae.io.writing import check_output_file, check_output_folder
     from ssae.models.settings import Architecture
     from ssae.preprocessing.slices import PreprocessingSettings
     from ssae.scoring.score_maps import PostprocessingSettings
@@ -178,9 +177,7 @@ def run(args: argparse.Namespace) -> None:
     cases = find_cases(args.data, args.brain_masks)
     warn_if_labelled(cases, warn)
     check_case_files(cases)  # one bad scan is refused before the others are preprocessed
-    if args.output.is_dir():
-        raise SSAEError(f"{args.output} is a folder; give the name of the model file to write")
-    check_output_folder(args.output.parent, 50_000_000)
+    check_output_file(args.output, True, 50_000_000)  # an existing model: the trainer's --resume / --overwrite decide
     check_output_folder(args.cache_dir or default_cache_dir())
     progress = ProgressLog(args.progress_log, None if args.quiet else stderr_terminal())
     try:
