@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ssae.detection.cohorts import CohortSummary, table_csv
+from ssae.detection.cluster_tasks import compare_task
+from ssae.detection.cohorts import CohortKind, CohortSummary, run_cohort
 from ssae.detection.detector import Detector
 from ssae.detection.followup import Comparison, compare_scans
 from ssae.detection.followup_files import comparison_bytes, comparison_paths, comparison_summary, write_comparison
@@ -23,7 +24,7 @@ from ssae.io.cases import Case, check_output_apart, is_dicom_folder, is_result_f
 from ssae.io.errors import SSAEError
 from ssae.io.progress import ProgressLog
 from ssae.io.volumes import check_format_holds_geometry, read_mask, read_volume, volume_stem
-from ssae.io.writing import check_output_folder, refuse_existing, write_text
+from ssae.io.writing import check_output_folder, refuse_existing
 from ssae.models.settings import AdaptationSettings
 from ssae.scoring.change import STATUSES, SUMMARY_SUFFIX, ChangeRule
 
@@ -210,56 +211,33 @@ def compare_pairs(
     progress_log: Path | None = None,
     log: Callable[[str], None] = print,
     resume: bool = False,
+    scheduler: str | None = None,
+    threads_per_scan: int | None = None,
     **options: Any,
 ) -> CohortSummary:
-    """Every pair of ``source`` into ``output_dir/<pair>/`` and ``output_dir/comparisons.csv``.
-
-    ``resume`` (an interrupted run): a pair whose complete result set for the same two scans is
-    already in its folder is not compared again, its row comes from its summary. Without it (or
-    ``overwrite``) such a pair is an error row that says so."""
+    """Every pair of ``source`` into ``output_dir/<pair>/`` and ``output_dir/comparisons.csv``,
+    in this process or on a Dask cluster (:func:`ssae.detection.cohorts.run_cohort`: ``resume``
+    keeps a pair whose complete result set for the same two scans is already in its folder)."""
     pairs = find_pairs(source)
     check_output_apart(output_dir, [Case(p.name, path) for p in pairs for path in (p.baseline, p.followup)])
-    table = output_dir / PAIRS_TABLE
-    overwrite = bool(options.get("overwrite"))
-    refuse_existing([table], overwrite or resume)
-    check_output_folder(output_dir)
-    progress = ProgressLog(progress_log) if progress_log else None
-    rows = []
-    try:
-        for index, pair in enumerate(pairs):
-            log(f"{pair.name} ({index + 1}/{len(pairs)})")
-
-            def report(fraction: float, message: str, index: int = index, name: str = pair.name) -> None:
-                if progress is not None:
-                    overall = (index + fraction) / len(pairs)
-                    progress.event("progress", fraction=round(overall, 4), message=f"{name} ({index + 1}/{len(pairs)}): {message}")
-
-            folder = output_dir / pair.name
-            finished = None if overwrite else finished_pair_row(pair, folder, str(options.get("fmt", "nii.gz")))
-            if finished is not None and resume:
-                log(f"  already done: {folder}")
-                rows.append(finished)
-                continue
-            if finished is not None:
-                error = f"{folder} already holds results: pass --resume to keep them, --overwrite to redo them"
-                rows.append({**finished, "status": "error", "error": error})
-            else:
-                rows.append(_pair_row(detector, pair, folder, report, options))
-            if rows[-1]["status"] != "ok":
-                log(f"  failed: {rows[-1]['error']}")
-        write_text(table_csv(rows, PAIR_COLUMNS), table, overwrite or resume)
-        if progress is not None:
-            progress.event("done", files={"comparisons": str(table)})
-    finally:
-        if progress is not None:
-            progress.close()
-    return CohortSummary(total=len(pairs), succeeded=sum(r["status"] == "ok" for r in rows), table=table)
+    return run_cohort(
+        PAIRS,
+        detector,
+        pairs,
+        output_dir,
+        options,
+        progress_log=progress_log,
+        log=log,
+        resume=resume,
+        scheduler=scheduler,
+        threads_per_scan=threads_per_scan,
+    )
 
 
-def finished_pair_row(pair: Pair, folder: Path, fmt: str) -> dict[str, Any] | None:
+def finished_pair_row(pair: Pair, folder: Path, options: dict[str, Any]) -> dict[str, Any] | None:
     """The table row of a pair whose result set is complete in ``folder`` (its summary names the
     same two scans and every file it lists is there), else None."""
-    stem = volume_stem(pair.followup)
+    stem, fmt = volume_stem(pair.followup), str(options.get("fmt", "nii.gz"))
     try:
         summary = json.loads((folder / f"{stem}{SUMMARY_SUFFIX}").read_text(encoding="utf-8"))
         files = [Path(p) for p in summary["files"].values()]
@@ -288,9 +266,15 @@ def finished_pair_row(pair: Pair, folder: Path, fmt: str) -> dict[str, Any] | No
     }
 
 
-def _pair_row(detector: Detector, pair: Pair, folder: Path, report, options: dict[str, Any]) -> dict[str, Any]:
+def _first_pair_row(pair: Pair, folder: Path) -> dict[str, Any]:
+    return {"pair": pair.name, "baseline": str(pair.baseline), "followup": str(pair.followup), "results": str(folder)}
+
+
+def pair_row(detector: Detector, pair: Pair, folder: Path, report, options: dict[str, Any]) -> dict[str, Any]:
+    """Compare one pair of a cohort and write its result set; its table row (an input error is
+    the row's error)."""
     started = time.perf_counter()
-    row: dict[str, Any] = {"pair": pair.name, "baseline": str(pair.baseline), "followup": str(pair.followup), "results": str(folder)}
+    row = _first_pair_row(pair, folder)
     try:
         outcome = compare_one(
             detector, pair.baseline, pair.followup, folder, pair.baseline_mask, pair.followup_mask, report=report, **options
@@ -309,3 +293,14 @@ def _pair_row(detector: Detector, pair: Pair, folder: Path, report, options: dic
         "warnings": "; ".join(outcome.warnings),
         "seconds": f"{time.perf_counter() - started:.1f}",
     }
+
+
+PAIRS = CohortKind(
+    noun="pair",
+    table_name=PAIRS_TABLE,
+    columns=PAIR_COLUMNS,
+    finished_row=finished_pair_row,
+    first_row=_first_pair_row,
+    row=pair_row,
+    task=compare_task,
+)

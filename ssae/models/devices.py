@@ -21,6 +21,24 @@ GPU_MEMORY_SHARE = 0.5  # of the free GPU memory, for one forward pass
 GPU_MAX_BATCH_SIZE = 512
 
 
+def set_compute_threads(threads: int) -> None:
+    """Run the networks (torch) and the image filters (SimpleITK) of this process on ``threads``
+    threads.
+
+    Why it is set per scan, not left to each library: a float sum split over threads is added
+    in another order for another thread count, so a scan's maps differ in their last bits, and
+    adaptation (which trains on them) can move a mask voxel, when one run uses two threads and
+    another one. A cohort fixes the count per scan (``--threads-per-scan``) and then gets the same
+    files from any engine (the registrations are single-threaded anyway:
+    :data:`ssae.preprocessing.registration.REGISTRATION_THREADS`)."""
+    import SimpleITK as sitk
+
+    if threads < 1:
+        raise SSAEError(f"the thread count must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
     if name == "auto":

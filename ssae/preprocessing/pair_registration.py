@@ -28,6 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ssae.io.errors import SSAEError
+from ssae.preprocessing.registration import registration_method
 
 MIN_PAIR_CORRELATION = 0.5  # between the 0.29-0.32 of two patients and the 0.73-0.88 of one patient
 MIN_PAIR_BRAIN_OVERLAP = 0.94  # Dice of the brain masks: 0.91-0.92 for two patients, 0.97-0.98 for one
@@ -144,7 +145,7 @@ def register_pair(
     )
     if not sitk.GetArrayViewFromImage(region).any():
         raise SSAEError("the follow-up's brain mask is empty")
-    method = sitk.ImageRegistrationMethod()
+    method = registration_method()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricFixedMask(region)
     method.SetMetricSamplingStrategy(method.RANDOM)

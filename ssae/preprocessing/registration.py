@@ -41,6 +41,19 @@ from ssae.preprocessing.registration_check import (
     contrast_check,
 )
 
+# Registrations run on one thread: ITK's mutual-information metric adds its per-thread histograms
+# in whatever order the threads finish, so with two threads the same scan registered twice
+# differs in the 7th digit of the transform, and a scan's maps would not be reproducible run to
+# run or engine to engine (docs/cluster.md). Measured cost: bench/cohort.py.
+REGISTRATION_THREADS = 1
+
+
+def registration_method() -> sitk.ImageRegistrationMethod:
+    """An ITK registration that gives the same transform every time (:data:`REGISTRATION_THREADS`)."""
+    method = sitk.ImageRegistrationMethod()
+    method.SetNumberOfThreads(REGISTRATION_THREADS)
+    return method
+
 SHAPE_ATTEMPTS = 3  # sampling seeds tried from the brain-shape start while its result collapses
 
 
@@ -146,7 +159,7 @@ def _optimise(
 def _mutual_information(
     atlas: Atlas, moving_mask: sitk.Image | None = None, fixed_mask: sitk.Image | None = None, sampling: float = 0.25, seed: int = 1
 ) -> sitk.ImageRegistrationMethod:
-    method = sitk.ImageRegistrationMethod()
+    method = registration_method()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricFixedMask(fixed_mask if fixed_mask is not None else atlas.fixed_mask)
     if moving_mask is not None:
@@ -173,7 +186,7 @@ def _from_brain_shape(atlas: Atlas, moving: sitk.Image, rough: sitk.Image, setti
     start = sitk.CenteredTransformInitializer(
         atlas_brain, scan_brain, sitk.Similarity3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
     )
-    shapes = sitk.ImageRegistrationMethod()
+    shapes = registration_method()
     shapes.SetMetricAsMeanSquares()
     shapes.SetMetricSamplingStrategy(shapes.RANDOM)
     shapes.SetMetricSamplingPercentage(0.3, settings.seed)

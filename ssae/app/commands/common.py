@@ -19,6 +19,39 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N (default: auto)")
 
 
+def add_cohort_engine(parser: argparse.ArgumentParser, noun: str) -> None:
+    """Where a cohort's tasks run (docs/cluster.md)."""
+    group = parser.add_argument_group(f"where a cohort's {noun}s run (a folder or CSV; see docs/cluster.md)")
+    group.add_argument(
+        "--scheduler",
+        type=scheduler_text,
+        help=(
+            f"run each {noun} as a task on a Dask cluster: local:N (N worker processes on this machine), the address of a "
+            "running Dask scheduler (tcp://host:8786, e.g. started by dask-jobqueue) or its scheduler file (.json); "
+            'needs pip install -e ".[cluster]" (default: one after another in this process)'
+        ),
+    )
+    group.add_argument(
+        "--threads-per-scan",
+        type=positive_int,
+        help=(
+            "threads each scan runs with (default: every core in one process; on local:N the cores shared out; on a "
+            "remote worker its Dask threads); the same count gives the same files in any engine"
+        ),
+    )
+
+
+def scheduler_text(text: str) -> str:
+    """``--scheduler``, checked as argparse reads it (the engine parses it again when it runs)."""
+    from ssae.detection.cluster import parse_scheduler
+    from ssae.io.errors import SSAEError
+
+    try:
+        return parse_scheduler(text).text
+    except SSAEError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_adaptation(parser: argparse.ArgumentParser, title: str) -> None:
     group = parser.add_argument_group(title)
     default = defaults.DEFAULT_ADAPTATION

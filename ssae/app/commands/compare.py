@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ssae.app.arguments import nonnegative_float, positive_float, positive_int, progress_log_path
-from ssae.app.commands.common import add_adaptation, add_device, add_min_lesion_size, requested_adaptation, warn
+from ssae.app.commands.common import add_adaptation, add_cohort_engine, add_device, add_min_lesion_size, requested_adaptation, warn
 from ssae.io.errors import SSAEError
 from ssae.scoring.change import ChangeRule
 from ssae.scoring.operating_points import OPERATING_POINT_NAMES
@@ -67,6 +67,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         help="a CSV or folder of pairs: skip the pairs whose complete result set is already in the output folder (an interrupted run)",
     )
     add_device(compare)
+    add_cohort_engine(compare, "pair")
     compare.set_defaults(run=run)
 
 
@@ -83,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         raise SSAEError("--resume keeps finished results and --overwrite redoes them: choose one")
     if args.resume and not pairs:
         raise SSAEError("--resume is for a CSV or folder of pairs")
+    if (args.scheduler or args.threads_per_scan) and not pairs:
+        raise SSAEError("--scheduler and --threads-per-scan are for a CSV or folder of pairs")
     detector = cached_detector(args.model, args.device, args.batch_size)
     prior_factor = detector.card.postprocessing.prior_factor or ChangeRule.brighter_than
     options = {
@@ -95,7 +98,15 @@ def run(args: argparse.Namespace) -> int:
     }
     if pairs:
         summary = compare_pairs(
-            detector, args.baseline, args.output_dir, progress_log=args.progress_log, log=print, resume=args.resume, **options
+            detector,
+            args.baseline,
+            args.output_dir,
+            progress_log=args.progress_log,
+            log=print,
+            resume=args.resume,
+            scheduler=args.scheduler,
+            threads_per_scan=args.threads_per_scan,
+            **options,
         )
         print(f"{summary.succeeded} of {summary.total} pair(s) done; table: {summary.table}")
         if summary.failed:

@@ -7,7 +7,15 @@ import sys
 from pathlib import Path
 
 from ssae.app.arguments import positive_int, progress_log_path
-from ssae.app.commands.common import MAP_CHOICES, add_adaptation, add_device, add_operating_point, requested_adaptation, warn
+from ssae.app.commands.common import (
+    MAP_CHOICES,
+    add_adaptation,
+    add_cohort_engine,
+    add_device,
+    add_operating_point,
+    requested_adaptation,
+    warn,
+)
 from ssae.io.errors import SSAEError
 
 
@@ -52,6 +60,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         help="a folder or CSV of scans: skip the scans whose complete result set is already in the output folder (an interrupted run)",
     )
     add_device(detect)
+    add_cohort_engine(detect, "scan")
     detect.set_defaults(run=run)
 
 
@@ -85,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
             progress_log=args.progress_log,
             log=print,
             resume=args.resume,
+            scheduler=args.scheduler,
+            threads_per_scan=args.threads_per_scan,
             **options,
         )
         print(f"{summary.succeeded} of {summary.total} scan(s) done; cohort table: {summary.table}")
@@ -96,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         raise SSAEError("--brain-masks is for a folder or CSV of scans; use --brain-mask for one image")
     if args.resume:
         raise SSAEError("--resume is for a folder or CSV of scans")
+    if args.scheduler or args.threads_per_scan:
+        raise SSAEError("--scheduler and --threads-per-scan are for a folder or CSV of scans")
     outcome = detect_one(detector, args.image, args.output_dir, args.brain_mask, progress_log=args.progress_log, **options)
     for warning in outcome.warnings:
         warn(warning)
