@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import ssae
-from ssae.detection.cluster_tasks import EVENT_TOPIC, ModelReference, TaskOutcome, worker_facts
+from ssae.detection.cluster_tasks import EVENT_TOPIC, ModelReference, TaskOutcome, run_task, worker_facts
 from ssae.io.errors import SSAEError
 
 ALLOWED_FAILURES = 2  # worker deaths one scan may cost before it is reported as failed (Dask retries it on another worker)
@@ -118,7 +118,7 @@ class ClusterReport:
 
 def run_on_cluster(
     scheduler: Scheduler,
-    task: Callable[..., TaskOutcome],
+    row: Callable[..., dict[str, Any]],
     model: ModelReference,
     jobs: list[ClusterJob],
     options: dict[str, Any],
@@ -127,7 +127,8 @@ def run_on_cluster(
     record: Callable[[str, dict[str, Any]], None] | None = None,
     report: ClusterReport | None = None,
 ) -> Iterator[tuple[ClusterJob, TaskOutcome]]:
-    """Run ``task(model, job.item, job.folder, options, threads)`` for every job; yield each job
+    """Run ``row(detector, job.item, job.folder, None, options)`` on a worker for every job
+    (:func:`ssae.detection.cluster_tasks.run_task`); yield each job
     with its outcome as it finishes (a failed task: its row with the error, no timings).
     ``log`` gets a line and ``record`` an event (for the progress log) when a worker loads the
     model or starts a scan."""
@@ -139,7 +140,7 @@ def run_on_cluster(
             _check_workers(client, report, log)
             report.started_s = time.perf_counter() - started
             client.subscribe_topic(EVENT_TOPIC, _event_handler(report, log, record))
-            futures = {client.submit(task, model, job.item, job.folder, options, threads, pure=False): job for job in jobs}
+            futures = {client.submit(run_task, row, model, job.item, job.folder, options, threads, pure=False): job for job in jobs}
             try:
                 from distributed import as_completed
 

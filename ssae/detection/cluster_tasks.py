@@ -24,7 +24,7 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,22 +71,13 @@ class TaskOutcome:
     pid: int
 
 
-def detect_task(model: ModelReference, case: Any, folder: Path, options: dict[str, Any], threads: int | None) -> TaskOutcome:
-    """One scan of a cohort: its result set written into ``folder``, its cohort row returned."""
-    from ssae.detection.cohorts import cohort_row
-
-    with _scan_slot(case.name, threads) as started:
-        row = cohort_row(_detector(model), case, folder, None, options)
-    return TaskOutcome(row, started, time.time(), os.getpid())
-
-
-def compare_task(model: ModelReference, pair: Any, folder: Path, options: dict[str, Any], threads: int | None) -> TaskOutcome:
-    """One pair of a comparison cohort: its result set written into ``folder``, its row returned."""
-    from ssae.detection.followup_runs import pair_row
-
-    with _scan_slot(pair.name, threads) as started:
-        row = pair_row(_detector(model), pair, folder, None, options)
-    return TaskOutcome(row, started, time.time(), os.getpid())
+def run_task(row: Callable[..., dict[str, Any]], model: ModelReference, item: Any, folder: Path, options: dict[str, Any], threads: int | None) -> TaskOutcome:
+    """One scan (or pair) of a cohort: ``row`` (:func:`ssae.detection.cohorts.cohort_row` or
+    :func:`ssae.detection.followup_runs.pair_row`, sent by reference) detects or compares with the
+    worker's model, writes the result set into ``folder`` and returns the item's table row."""
+    with _scan_slot(item.name, threads) as started:
+        table_row = row(_detector(model), item, folder, None, options)
+    return TaskOutcome(table_row, started, time.time(), os.getpid())
 
 
 @contextlib.contextmanager

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ssae.detection.cluster_tasks import compare_task
-from ssae.detection.cohorts import CohortKind, CohortSummary, run_cohort
+from ssae.detection.cohort_runs import CohortKind, CohortSummary, run_cohort
 from ssae.detection.detector import Detector
 from ssae.detection.followup import Comparison, compare_scans
 from ssae.detection.followup_files import comparison_bytes, comparison_paths, comparison_summary, write_comparison
@@ -302,5 +301,4 @@ PAIRS = CohortKind(
     finished_row=finished_pair_row,
     first_row=_first_pair_row,
     row=pair_row,
-    task=compare_task,
 )

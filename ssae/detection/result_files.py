@@ -22,8 +22,8 @@ from ssae.detection.detector import DetectionResult
 from ssae.io.errors import SSAEError
 from ssae.io.writing import json_text, os_errors, refuse_existing, write_text, write_volume
 from ssae.preprocessing.atlas import write_transform
-from ssae.scoring.mask_drawing import SMALL_LESION_BITS
 from ssae.scoring.maps import COMBINED_MAPS
+from ssae.scoring.mask_drawing import SMALL_LESION_BITS
 
 FORMATS = ("nii.gz", "nrrd", "nii", "mha")
 
