@@ -18,12 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import cli_refuses
 
-pytest.importorskip("distributed")
-
-from ssae.app.cli import main  # noqa: E402
+from ssae.app.cli import main
 
 # Both engines run every scan on one thread: the same thread count gives the same files
 # (ssae.models.devices.set_compute_threads), whatever the machine's core count.
@@ -171,7 +168,7 @@ def test_ctrl_c_stops_the_cluster_run_cleanly_and_resume_finishes_the_rest(tiny_
     assert _complete(out, finished)
     kept = (out / finished / "flair_summary.json").stat().st_mtime_ns
 
-    resumed = subprocess.run([sys.executable, "-m", "ssae", *arguments, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run([sys.executable, "-m", "ssae", *arguments, "--resume"], check=False, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"{finished}: already done" in resumed.stdout
     assert (out / finished / "flair_summary.json").stat().st_mtime_ns == kept
@@ -227,6 +224,18 @@ def test_an_unreachable_scheduler_is_an_error_not_a_traceback(tiny_model, small_
 def test_without_dask_the_cluster_engine_says_how_to_install_it(tiny_model, small_cases, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if not installed
     cli_refuses(capsys, [*_detect(tiny_model, small_cases, tmp_path / "out"), "--scheduler", "local:1"], 'pip install -e ".[cluster]"')
+
+
+def test_a_run_without_scheduler_never_imports_dask(tiny_model, small_cases, tmp_path):
+    scans = _cohort(small_cases, tmp_path / "scans", copies=1)
+    script = (
+        "import sys; sys.modules['dask'] = None; sys.modules['distributed'] = None\n"
+        "from ssae.app.cli import main\n"
+        f"sys.exit(main({_detect(tiny_model, scans, tmp_path / 'out', '--no-adapt')!r}))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert all(r["status"] == "ok" for r in _rows(tmp_path / "out" / "cohort.csv").values())
 
 
 def test_staging_folders_of_dead_attempts_are_removed(tmp_path):

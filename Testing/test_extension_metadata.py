@@ -105,7 +105,7 @@ def test_both_modules_set_up_their_panels_without_pytorch(tmp_path):
     """A factory Slicer has no PyTorch: both panels must set up (on Slicer's contracts, the
     widget double of Testing/slicer_double) and say that it will be installed when needed,
     without importing it. PyTorch and every package the module's installer offers (safetensors,
-    SciPy, matplotlib) are made unimportable."""
+    SciPy, matplotlib) are made unimportable, and so is Dask, which the modules never use."""
     script = textwrap.dedent(
         f"""
         import sys
@@ -113,6 +113,8 @@ def test_both_modules_set_up_their_panels_without_pytorch(tmp_path):
         sys.modules["safetensors"] = None
         sys.modules["scipy"] = None
         sys.modules["matplotlib"] = None
+        sys.modules["dask"] = None             # the cluster engine's optional dependency
+        sys.modules["distributed"] = None
         sys.path[:0] = [{str(REPO)!r}, {str(REPO / "Testing")!r}]
         from pathlib import Path
         import pytest
@@ -128,6 +130,7 @@ def test_both_modules_set_up_their_panels_without_pytorch(tmp_path):
         print(widget.ui.trainButton.enabled)
         session.close()
         assert sys.modules["torch"] is None and "ssae.detection.detector" not in sys.modules
+        assert "ssae.detection.cluster" not in sys.modules
         """
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
