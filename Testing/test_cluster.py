@@ -177,6 +177,26 @@ def test_ctrl_c_stops_the_cluster_run_cleanly_and_resume_finishes_the_rest(tiny_
     _no_partial_files(out)
 
 
+def test_a_running_scheduler_is_joined_by_address_or_scheduler_file(tiny_model, small_cases, tmp_path, monkeypatch):
+    """As with a cluster that dask-jobqueue started: relative paths reach its workers as absolute
+    ones, each worker runs scans on the threads Dask gave it, and the table names the paths as given."""
+    from distributed import Client, LocalCluster
+
+    _cohort(small_cases, tmp_path / "scans", copies=1)
+    monkeypatch.chdir(tmp_path)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+        client.write_scheduler_file(str(tmp_path / "scheduler.json"))
+        assert main(["detect", str(tiny_model), "scans", "-o", "by_file", "--device", "cpu", "--no-scales", "--scheduler", "scheduler.json"]) == 0
+        assert main(["detect", str(tiny_model), "scans", "-o", "by_address", "--device", "cpu", "--no-scales", "--scheduler", cluster.scheduler_address]) == 0
+    for out in ("by_file", "by_address"):
+        rows = _rows(tmp_path / out / "cohort.csv")
+        assert all(r["status"] == "ok" and not Path(r["image"]).is_absolute() and r["results"].startswith(out) for r in rows.values()), rows
+        assert all(_complete(tmp_path / out, case) for case in rows)
+    for path in _result_files(tmp_path / "by_file"):
+        if path.suffix == ".gz":
+            assert (tmp_path / "by_file" / path).read_bytes() == (tmp_path / "by_address" / path).read_bytes(), path
+
+
 def test_pairs_run_on_a_cluster_as_in_one_process(tiny_model, small_cases, tmp_path):
     """``ssae compare`` with a folder of pairs: the same files on a local cluster."""
     pairs = tmp_path / "pairs"

@@ -808,6 +808,49 @@ def complete_set_of(summary: dict) -> None:
             sitk.ReadImage(path)
 
 
+
+def case_cluster_bad_engine_flags() -> None:
+    scans = _cohort("scans")
+    for flags, message in (
+        (["--scheduler", "local:0"], "at least one worker"),
+        (["--scheduler", "not a scheduler"], "give local:N"),
+        (["--scheduler", WORK / "missing.json"], "no such scheduler file"),
+        (["--threads-per-scan", "0"], "at least 1"),
+    ):
+        expect_error(run(["detect", MODEL, scans, "-o", WORK / "o", *flags]), message, 15)
+    expect_error(run(["detect", MODEL, FLAIR, "-o", WORK / "o", "--scheduler", "local:1"]), "folder or CSV of scans", 15)
+    assert not (WORK / "o").exists(), "a refused run left its output folder"
+
+
+def case_cluster_unreachable_scheduler() -> None:
+    expect_error(run(["detect", MODEL, _cohort("scans"), "-o", WORK / "o", "--scheduler", "tcp://127.0.0.1:9"]), "cannot reach", 90)
+
+
+def case_cluster_worker_killed_mid_scan() -> None:
+    scans, out, log = _cohort("scans"), WORK / "out", WORK / "progress.jsonl"
+    command = [*SSAE, "detect", str(MODEL), str(scans), "-o", str(out), *FAST, "--scheduler", "local:2", "--progress-log", str(log)]
+    process = subprocess.Popen(command, cwd=WORK, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        victim = None
+        while victim is None and time.monotonic() < deadline and process.poll() is None:
+            events = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.exists() else []
+            victim = next((e for e in events if e["event"] == "started"), None)
+            time.sleep(0.1)
+        assert victim is not None, "no scan started"
+        time.sleep(1.0)
+        os.kill(victim["pid"], signal.SIGKILL)
+        _, err = process.communicate(timeout=600)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err[-400:]
+    for case in ("patient07", "patient19"):
+        complete_set(out / case)
+    assert not [p for p in out.rglob("*") if "partial" in p.name], "a dead attempt left files behind"
+    rows = (out / "cohort.csv").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 3 and all(",ok," in row for row in rows[1:]), rows
+
+
 CASES: dict[str, Callable[[], None]] = {
     "missing image": case_missing_image,
     "missing model": case_missing_model,
@@ -896,6 +939,9 @@ CASES: dict[str, Callable[[], None]] = {
     "worker: two threads submit at once": case_worker_submitted_twice_at_once,
     "evaluate: a label with -1": case_negative_label_values,
     "detect: an origin at 1e5 mm written as NIfTI": case_far_origin_as_nifti,
+    "cluster: bad --scheduler / --threads-per-scan, a scheduler for one scan": case_cluster_bad_engine_flags,
+    "cluster: a scheduler that does not answer": case_cluster_unreachable_scheduler,
+    "cluster: a worker killed mid-scan": case_cluster_worker_killed_mid_scan,
 }
 
 WORK = Path()

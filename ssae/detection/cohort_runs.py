@@ -12,7 +12,7 @@ import io
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,8 @@ def run_cohort(
     cluster = parse_scheduler(scheduler) if scheduler is not None else None  # refused before any work
     if cluster is not None:
         require_dask()
+        if detector.path is None:
+            raise SSAEError("a cohort on a Dask cluster needs a model read from a file (the workers load it)")
     if threads_per_scan is not None and threads_per_scan < 1:
         raise SSAEError(f"--threads-per-scan must be at least 1, got {threads_per_scan}")
     table = output_dir / kind.table_name
@@ -98,19 +100,21 @@ def run_cohort(
             log(f"{item.name}: failed: {rows[index]['error']}")
         else:
             todo.append(ClusterJob(index, item.name, item, folder, kind.first_row(item, folder)))
+    if cluster is not None and not cluster.is_local:  # a remote worker's working folder is not ours
+        todo = [replace(job, item=_absolute(job.item), folder=job.folder.absolute()) for job in todo]
     progress = ProgressLog(progress_log) if progress_log else None
     outcomes: list[TaskOutcome] = []
     try:
-        if cluster is None:
+        if not todo:
+            finishing: Iterator[tuple[ClusterJob, TaskOutcome]] = iter(())
+        elif cluster is None:
             finishing = _in_this_process(kind, detector, todo, options, threads_per_scan, log, progress, len(items))
         else:
-            model = ModelReference(detector.path, str(detector.device), detector.batch_size) if detector.path else None
-            if model is None:
-                raise SSAEError("a cohort on a Dask cluster needs a model read from a file (the workers load it)")
+            model = ModelReference(Path(str(detector.path)).absolute(), detector.device_request, detector.batch_size)
             record = (lambda event, fields: progress.event(event, **fields)) if progress is not None else None
             finishing = run_on_cluster(cluster, kind.row, model, todo, options, scan_threads_on(cluster, threads_per_scan), log, record)
         for done, (job, outcome) in enumerate(finishing, start=1):
-            rows[job.index] = outcome.row
+            rows[job.index] = {**outcome.row, **kind.first_row(items[job.index], output_dir / job.name)}  # the paths as given
             outcomes.append(outcome)
             status = "done" if outcome.row["status"] == "ok" else f"failed: {outcome.row['error']}"
             if cluster is not None:
@@ -151,6 +155,11 @@ def _in_this_process(
             started = time.time()
             row = kind.row(detector, job.item, job.folder, report, options)
             yield job, TaskOutcome(row, started, time.time(), os.getpid())
+
+
+def _absolute(item: Any) -> Any:
+    """``item`` (a case or a pair) with every path absolute."""
+    return replace(item, **{f.name: Path(v).absolute() for f in fields(item) if isinstance(v := getattr(item, f.name), Path)})
 
 
 @contextlib.contextmanager

@@ -121,6 +121,7 @@ class Detector:
         self.card = card
         self.path: Path | None = None  # the model file, when loaded from one
         self.device = device
+        self.device_request = str(device)  # as the user named it ("auto"): what a cluster's workers resolve for themselves
         self.model = model.to(device).eval()
         if device.type == "cpu":  # oneDNN runs the 5x5 (transposed) convolutions faster in NHWC
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -135,6 +136,7 @@ class Detector:
         loaded = load_model(path, resolved)
         detector = cls(loaded.model, loaded.card, resolved, batch_size)
         detector.path = loaded.path
+        detector.device_request = device
         return detector
 
     def default_adaptation(self) -> AdaptationSettings | None:
