@@ -8,7 +8,8 @@ default adaptation, side by side in one run on this machine:
 
 * one process, every core to each scan in turn (``ssae detect MODEL cohort.csv``);
 * ``--scheduler local:1`` (one worker process, every core), which shows the engine's own cost;
-* ``--scheduler local:2`` (two worker processes, one thread each on two cores).
+* ``--scheduler local:2`` (two worker processes, one thread each on two cores);
+* one process again: the machine's drift over the run (the baseline is the mean of both).
 
 For each: wall time from the call to the table (cluster start and model loads included), scans
 per hour, the mean time of one scan inside its task, and the scheduling overhead per task: the
@@ -122,7 +123,7 @@ def main() -> None:
         root = Path(temporary)
         manifest = root / "cohort.csv"
         manifest.write_text("case,image\n" + "".join(f"{name},{path}\n" for name, path in cases.items()), encoding="utf-8")
-        engines = {"one process": None, "local:1": "local:1", "local:2": "local:2"}
+        engines = {"one process": None, "local:1": "local:1", "local:2": "local:2", "one process, again": None}
         for label, scheduler in engines.items():
             figures[label] = engine_figures(*run_engine(detector, manifest, root / label.replace(" ", "_").replace(":", ""), scheduler))
             if label == "one process":
@@ -130,7 +131,8 @@ def main() -> None:
             print(label, {k: round(v, 2) for k, v in figures[label].items()}, flush=True)
         largest, differing, voxels = map_differences(root / "one_process", root / "local2")
 
-    one, two = figures["one process"], figures["local:2"]
+    one = {"wall_s": (figures["one process"]["wall_s"] + figures["one process, again"]["wall_s"]) / 2}
+    two = figures["local:2"]
     overhead = two["gap_s"] / two["scan_s"]
     per_task = two["scan_s"] + two["gap_s"]
     lines = [
@@ -152,7 +154,7 @@ def main() -> None:
         )
     lines += [
         "",
-        (f"**local:2 against one process: {one['wall_s'] / two['wall_s']:.2f} x the throughput** (goal: at least 1.2 x); "
+        (f"**local:2 against one process (mean of both runs): {one['wall_s'] / two['wall_s']:.2f} x the throughput** (goal: at least 1.2 x); "
         f"scheduling overhead {overhead:.2%} of a scan's time (goal: under 2 %). One process peaked at {peak_gb:.1f} GB resident "
         "(model, one scan, adaptation): give each worker at least that (dask-jobqueue's `memory` per worker process)."),
         "",

@@ -22,9 +22,8 @@ import os
 import re
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,16 +105,6 @@ class ClusterJob:
     row: dict[str, Any]
 
 
-@dataclass
-class ClusterReport:
-    """What the engine saw: each worker's facts, model loads, and each scan's starts."""
-
-    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    loads: list[dict[str, Any]] = field(default_factory=list)
-    starts: list[dict[str, Any]] = field(default_factory=list)
-    started_s: float = 0.0  # seconds from the start of the run until the cluster was ready
-
-
 def run_on_cluster(
     scheduler: Scheduler,
     row: Callable[..., dict[str, Any]],
@@ -125,21 +114,17 @@ def run_on_cluster(
     threads: int | None,
     log: Callable[[str], None],
     record: Callable[[str, dict[str, Any]], None] | None = None,
-    report: ClusterReport | None = None,
 ) -> Iterator[tuple[ClusterJob, TaskOutcome]]:
     """Run ``row(detector, job.item, job.folder, None, options)`` on a worker for every job
     (:func:`ssae.detection.cluster_tasks.run_task`); yield each job
     with its outcome as it finishes (a failed task: its row with the error, no timings).
     ``log`` gets a line and ``record`` an event (for the progress log) when a worker loads the
     model or starts a scan."""
-    report = report if report is not None else ClusterReport()
-    started = time.perf_counter()
     finished = False
     try:
-        with _client(scheduler) as client:
-            _check_workers(client, report, log)
-            report.started_s = time.perf_counter() - started
-            client.subscribe_topic(EVENT_TOPIC, _event_handler(report, log, record))
+        with _client(scheduler, threads) as client:
+            _check_workers(client, log)
+            client.subscribe_topic(EVENT_TOPIC, _event_handler(log, record))
             futures = {client.submit(run_task, row, model, job.item, job.folder, options, threads, pure=False): job for job in jobs}
             try:
                 from distributed import as_completed
@@ -159,22 +144,22 @@ def run_on_cluster(
 
 
 def _event_handler(
-    report: ClusterReport, log: Callable[[str], None], record: Callable[[str, dict[str, Any]], None] | None
+    log: Callable[[str], None], record: Callable[[str, dict[str, Any]], None] | None
 ) -> Callable[[tuple[float, dict[str, Any]]], None]:
-    """Workers' events (model loaded, scan started), logged as they come (on Dask's thread)."""
+    """Workers' events (model loaded, scan started), logged as they come (on Dask's thread); a
+    scan started again was given up by a worker that stopped."""
     lock = threading.Lock()
+    starts: dict[str, int] = {}
 
     def on_event(event: tuple[float, dict[str, Any]]) -> None:
         message = event[1]
         with lock:
             if "loaded" in message:
-                report.loads.append(message)
                 log(f"  worker {message['worker']} (pid {message['pid']}) loaded the model on {message['device']}")
                 if record is not None:
                     record("model_loaded", {key: message[key] for key in ("worker", "pid", "device")})
             elif "started" in message:
-                attempt = 1 + sum(s["started"] == message["started"] for s in report.starts)
-                report.starts.append(message)
+                attempt = starts[message["started"]] = starts.get(message["started"], 0) + 1
                 note = f" again, attempt {attempt} (the worker that had it stopped)" if attempt > 1 else ""
                 log(f"  {message['started']} started{note} on {message['worker']} (pid {message['pid']})")
                 if record is not None:
@@ -207,13 +192,20 @@ def _outcome(future: Any, job: ClusterJob) -> TaskOutcome:
 
 
 @contextlib.contextmanager
-def _client(scheduler: Scheduler) -> Iterator[Any]:
+def _client(scheduler: Scheduler, threads: int | None) -> Iterator[Any]:
     """A Dask client for ``scheduler`` (a local cluster is started, and stopped afterwards)."""
     require_dask()
     import dask
     from distributed import Client, LocalCluster
 
-    with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
+    settings: dict[str, Any] = {"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}
+    if scheduler.is_local:
+        # Dask's default worker environment also sets MALLOC_TRIM_THRESHOLD_=65536, which hands
+        # freed memory back to the system at once: every large tensor of adaptation is then
+        # paged in afresh (measured: a level's training steps 1.5-2 x slower in a worker).
+        per_scan = str(threads or 1)
+        settings["distributed.nanny.pre-spawn-environ"] = {name: per_scan for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    with dask.config.set(settings):
         if scheduler.is_local:
             cluster = LocalCluster(
                 n_workers=scheduler.local_workers,
@@ -241,13 +233,12 @@ def _client(scheduler: Scheduler) -> Iterator[Any]:
                 cluster.close()
 
 
-def _check_workers(client: Any, report: ClusterReport, log: Callable[[str], None]) -> None:
+def _check_workers(client: Any, log: Callable[[str], None]) -> None:
     """Every worker present runs this version of ssae; say what the cluster has."""
     try:
         facts = client.run(worker_facts)
     except Exception as exc:  # noqa: BLE001 - whatever a worker raises, the cluster cannot run this engine
         raise SSAEError(f"the Dask workers cannot run ssae ({type(exc).__name__}: {exc}); install it on every node") from None
-    report.workers = facts
     if not facts:
         log("the Dask scheduler has no worker yet; the tasks wait for one")
         return

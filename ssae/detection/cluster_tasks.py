@@ -13,8 +13,8 @@ Per worker process:
 * GPU workers take one GPU each: a local cluster's worker ``i`` of ``n`` uses GPU ``i mod G``;
   a worker started by a batch system uses the GPU that system gave it (``CUDA_VISIBLE_DEVICES``).
 
-Nothing here imports Dask at import time: the module is imported by reference in every worker,
-and by the client only when ``--scheduler`` is given.
+Nothing here imports Dask at import time (workers import this module by reference; every cohort
+run imports it): Dask itself is imported only inside a task, that is only with ``--scheduler``.
 """
 
 from __future__ import annotations
@@ -45,19 +45,12 @@ class ModelReference:
 
 
 def worker_facts() -> dict[str, Any]:
-    """What the client checks and reports about a worker before the first task."""
+    """What the client checks (the ssae version) and reports (machine, GPUs) about a worker."""
     import torch
 
     import ssae
 
-    return {
-        "ssae": ssae.__version__,
-        "torch": torch.__version__,
-        "pid": os.getpid(),
-        "host": platform.node(),
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
-        "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-    }
+    return {"ssae": ssae.__version__, "host": platform.node(), "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0}
 
 
 @dataclass(frozen=True)
