@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -31,14 +32,16 @@ class ProgressLog:
         self.handle = open(path, "a", buffering=1, encoding="utf-8") if (path and enabled) else None
         self.terminal = terminal if enabled else None
         self.started = time.time()
+        self._writing = threading.Lock()  # a cluster run records workers' events from Dask's thread
 
     def event(self, kind: str, **fields: Any) -> None:
         if not self.enabled:
             return
         record = {"event": kind, "time": round(time.time(), 3), **fields}
-        if self.handle is not None:
-            self.handle.write(json.dumps(record) + "\n")
-            self.handle.flush()
+        with self._writing:
+            if self.handle is not None:
+                self.handle.write(json.dumps(record) + "\n")
+                self.handle.flush()
         if self.terminal is not None:
             self._draw(record)
 
