@@ -32,6 +32,7 @@ from typing import Any
 EVENT_TOPIC = "ssae-cohort"
 
 _ONE_SCAN_AT_A_TIME = threading.Lock()
+_LAST_DETECTOR: list[Any] = []  # the detector this worker process last announced
 
 
 @dataclass(frozen=True)
@@ -90,16 +91,19 @@ def _scan_slot(name: str, threads: int | None) -> Iterator[float]:
 
 
 def _detector(model: ModelReference):
-    """The worker's detector for ``model``, loaded on first use (and announced to the client)."""
+    """The worker's detector for ``model``, loaded on first use (and announced to the client):
+    :func:`ssae.detection.detector.cached_detector` keeps one model, so another object than the
+    last task's means it was loaded now."""
     from distributed import get_worker
 
-    from ssae.detection.detector import cached_detector, is_cached
+    from ssae.detection.detector import cached_detector
 
-    device = _worker_device(model.device, get_worker().name)
-    loaded_before = is_cached(model.path, device, model.batch_size)
+    worker = get_worker()
+    device = _worker_device(model.device, worker.name)
     detector = cached_detector(model.path, device, model.batch_size)
-    if not loaded_before:
-        get_worker().log_event(EVENT_TOPIC, {"loaded": str(model.path), "worker": get_worker().address, "pid": os.getpid(), "device": device})
+    if not any(detector is earlier for earlier in _LAST_DETECTOR):
+        _LAST_DETECTOR[:] = [detector]
+        worker.log_event(EVENT_TOPIC, {"loaded": str(model.path), "worker": worker.address, "pid": os.getpid(), "device": device})
     return detector
 
 

@@ -114,7 +114,7 @@ def run_cohort(
             record = (lambda event, fields: progress.event(event, **fields)) if progress is not None else None
             finishing = run_on_cluster(cluster, kind.row, model, todo, options, scan_threads_on(cluster, threads_per_scan), log, record)
         for done, (job, outcome) in enumerate(finishing, start=1):
-            rows[job.index] = {**outcome.row, **kind.first_row(items[job.index], output_dir / job.name)}  # the paths as given
+            rows[job.index] = {**outcome.row, **job.row}  # the paths as given (a remote worker saw them absolute)
             outcomes.append(outcome)
             status = "done" if outcome.row["status"] == "ok" else f"failed: {outcome.row['error']}"
             if cluster is not None:

@@ -308,28 +308,14 @@ def cached_detector(path: str | Path, device: str = "auto", batch_size: int | No
     and the weights against the card on every call: a file replaced by another with the same
     size and time stamp is noticed). One model is kept; detection never changes it (adaptation
     works on a copy)."""
-    key = _cache_key(path, device, batch_size)
-    if key is None:
-        return Detector.from_file(path, device, batch_size)  # says what is wrong with the file
-    if key not in _LOADED:
-        _LOADED.clear()
-        _LOADED[key] = Detector.from_file(path, device, batch_size)
-    return _LOADED[key]
-
-
-def is_cached(path: str | Path, device: str = "auto", batch_size: int | None = None) -> bool:
-    """Whether :func:`cached_detector` would return an already loaded model (a cluster worker
-    says when it loads one)."""
-    key = _cache_key(path, device, batch_size)
-    return key is not None and key in _LOADED
-
-
-def _cache_key(path: str | Path, device: str, batch_size: int | None) -> tuple | None:
-    """The file's identity now (card and weights verified), or None if the file is unusable."""
     try:
         card = read_card(path)
         verify_weights(path, card)
     except SSAEError:
-        return None
+        return Detector.from_file(path, device, batch_size)  # says what is wrong with the file
     content = hashlib.sha256(json.dumps(card, sort_keys=True).encode()).hexdigest()
-    return (str(Path(path).resolve()), content, str(resolve_device(device)), batch_size)
+    key = (str(Path(path).resolve()), content, str(resolve_device(device)), batch_size)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = Detector.from_file(path, device, batch_size)
+    return _LOADED[key]
