@@ -267,3 +267,24 @@ def test_staging_folders_of_dead_attempts_are_removed(tmp_path):
     (folder / "flair_prior.nii.gz").write_bytes(b"a finished result")
     remove_dead_attempts([folder, tmp_path / "never-made"])
     assert [p.name for p in folder.iterdir()] == ["flair_prior.nii.gz"]
+
+
+def _worker_settings(dask_worker) -> dict:
+    import dask
+
+    return {
+        "profiler": "profile" in dask_worker.periodic_callbacks or dask.config.get("distributed.worker.profile.enabled"),
+        "trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+        "omp": os.environ.get("OMP_NUM_THREADS"),
+    }
+
+
+def test_local_workers_start_without_the_dask_defaults_that_slow_a_scan():
+    """Two of Dask's worker defaults were measured to slow a scan (docs/cluster.md): the
+    statistical profiler (5 %) and an immediate malloc trim (1.5 x); a local cluster's workers
+    run without them, with the scan's thread count in the OpenMP variable."""
+    from ssae.detection.cluster import _client, parse_scheduler
+
+    with _client(parse_scheduler("local:1"), 1) as client:
+        settings = list(client.run(_worker_settings).values())
+    assert settings == [{"profiler": False, "trim": None, "omp": "1"}]
