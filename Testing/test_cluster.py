@@ -279,12 +279,19 @@ def _worker_settings(dask_worker) -> dict:
     }
 
 
-def test_local_workers_start_without_the_dask_defaults_that_slow_a_scan():
+def test_local_workers_start_without_the_dask_defaults_that_slow_a_scan(monkeypatch):
     """Two of Dask's worker defaults were measured to slow a scan (docs/cluster.md): the
-    statistical profiler (5 %) and an immediate malloc trim (1.5 x); a local cluster's workers
-    run without them, with the scan's thread count in the OpenMP variable."""
+    statistical profiler (5 %) and an immediate malloc trim (1.5 x). A local cluster's workers
+    run without them, with the scan's thread count in the OpenMP variable, even when this
+    process's environment holds other values (a Dask cluster started earlier in the process
+    leaves its workers' variables there); and the process's environment is as it was afterwards."""
     from ssae.detection.cluster import _client, parse_scheduler
 
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    before = dict(os.environ)
     with _client(parse_scheduler("local:1"), 1) as client:
         settings = list(client.run(_worker_settings).values())
     assert settings == [{"profiler": False, "trim": None, "omp": "1"}]
+    assert dict(os.environ) == before

@@ -34,6 +34,7 @@ from ssae.io.errors import SSAEError
 ALLOWED_FAILURES = 2  # worker deaths one scan may cost before it is reported as failed (Dask retries it on another worker)
 CONNECT_TIMEOUT_S = 30
 _LOCAL = re.compile(r"local:(\d+)")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")  # thread pools of OpenMP and the BLAS libraries
 
 
 @dataclass(frozen=True)
@@ -199,16 +200,18 @@ def _client(scheduler: Scheduler, threads: int | None) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     settings: dict[str, Any] = {"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}
+    environment: dict[str, str] = {}
     if scheduler.is_local:
-        # Dask's default worker environment also sets MALLOC_TRIM_THRESHOLD_=65536, which hands
-        # freed memory back to the system at once: every large tensor of adaptation is then
-        # paged in afresh (measured: a level's training steps 1.5-2 x slower in a worker).
-        # Its statistical profiler samples every worker thread's stack each 10 ms, holding the
+        # Dask's statistical profiler samples every worker thread's stack each 10 ms, holding the
         # GIL that adaptation's many small steps need (measured: 5 % of a scan's time).
         settings["distributed.worker.profile.enabled"] = False
-        per_scan = str(threads or 1)
-        settings["distributed.nanny.pre-spawn-environ"] = {name: per_scan for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    with dask.config.set(settings):
+        # Dask's worker environment also sets MALLOC_TRIM_THRESHOLD_=65536, which hands freed
+        # memory back to the system at once: every large tensor of adaptation is then paged in
+        # afresh (measured: a level's training steps 1.5-2 x slower in a worker). Replacing the
+        # whole setting leaves it out.
+        environment = {name: str(threads or 1) for name in THREAD_VARIABLES}
+        settings["distributed.nanny.pre-spawn-environ"] = environment
+    with dask.config.set(settings), _local_worker_environment(environment):
         if scheduler.is_local:
             cluster = LocalCluster(
                 n_workers=scheduler.local_workers,
@@ -234,6 +237,28 @@ def _client(scheduler: Scheduler, threads: int | None) -> Iterator[Any]:
             client.close()
             if cluster is not None:
                 cluster.close()
+
+
+@contextlib.contextmanager
+def _local_worker_environment(environment: dict[str, str]) -> Iterator[None]:
+    """This process's environment as the local cluster's workers should inherit it, and as it was
+    once the cluster is gone. A Dask nanny exports its workers' variables into its own process
+    (here, the client's) before it spawns them, and an exported value wins over the
+    configuration: a cluster started earlier in this process would otherwise hand its malloc
+    trim to ours, and ours its thread counts to whatever this process runs next. Nothing to do
+    for a remote cluster (no ``environment``)."""
+    if not environment:
+        yield
+        return
+    before = dict(os.environ)
+    os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    os.environ.update(environment)
+    try:
+        yield
+    finally:
+        for name in set(os.environ) - set(before):
+            del os.environ[name]
+        os.environ.update(before)
 
 
 def _check_workers(client: Any, log: Callable[[str], None]) -> None:
