@@ -22,7 +22,7 @@ from ssae.app.cli import main
 from ssae.detection.detector import Detector
 from ssae.detection.followup import compare_scans
 from ssae.io.errors import SSAEError
-from ssae.preprocessing.pair_registration import affine_matrix
+from ssae.preprocessing.pair_registration import affine_matrix, on_isotropic_grid
 from ssae.preprocessing.pair_resampling import as_sharp_as_carried, carried_onto, interpolation_variance
 from ssae.scoring.change import ChangeRule, lesion_changes, pair_normalised
 
@@ -167,26 +167,20 @@ def test_each_lesion_gets_its_status_from_both_time_points():
     assert rows[-1].status == "stable"  # the largest changes come first
 
 
-def _on_grid_of(image: sitk.Image, spacing_mm: float, shift_mm: float = 0.0) -> sitk.Image:
-    size = [round(n * s / spacing_mm) for n, s in zip(image.GetSize(), image.GetSpacing(), strict=True)]
-    origin = np.array(image.GetOrigin()) + np.array(image.GetDirection()).reshape(3, 3) @ np.full(3, shift_mm)
-    return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, tuple(origin), (spacing_mm,) * 3, image.GetDirection(), 0.0, sitk.sitkFloat32)
-
-
 @pytest.mark.parametrize("kind", ["half a voxel off on a 2.5 mm grid", "0.6 x + 100", "z-scored copy on a 2.5 mm grid"])
 def test_a_scan_compared_with_itself_shows_no_new_lesion(detector, small_cases, kind):
     """No change, only resampling, another intensity offset and scale, or intensities centred
     near zero: at most one new or enlarging lesion (the sharper scan must not look brighter)."""
     scan = sitk.Cast(sitk.ReadImage(str(small_cases / "patient19" / "flair.nii.gz")), sitk.sitkFloat32)
     if kind.startswith("half"):
-        baseline, followup = _on_grid_of(scan, 2.5, 1.25), _on_grid_of(scan, 2.5)
+        baseline, followup = on_isotropic_grid(scan, 2.5, 1.25), on_isotropic_grid(scan, 2.5)
     elif kind.startswith("0.6"):
         baseline, followup = scan * 0.6 + 100.0, scan
     else:
         values = sitk.GetArrayFromImage(scan)
         scored = sitk.GetImageFromArray((values - values.mean()) / values.std())
         scored.CopyInformation(scan)
-        baseline, followup = _on_grid_of(scored, 2.5), _on_grid_of(scored, 2.5)
+        baseline, followup = on_isotropic_grid(scored, 2.5), on_isotropic_grid(scored, 2.5)
     comparison = compare_scans(detector, baseline, followup)
     assert comparison.counts["new"] + comparison.counts["enlarging"] <= 1, comparison.counts
     assert comparison.change_ml()["increase_ml"] < 0.1 and comparison.change_ml()["decrease_ml"] < 0.1, comparison.change_ml()

@@ -60,6 +60,7 @@ from ssae.detection.detector import Detector
 from ssae.detection.followup import PairOnGrid, apply_rule, compare_scans
 from ssae.io.resources import default_model_path, resources_dir
 from ssae.io.writing import write_text
+from ssae.preprocessing.pair_registration import on_isotropic_grid
 from ssae.scoring.change import ChangeRule
 from ssae.scoring.lesion_metrics import MSSEG, lesion_counts
 
@@ -129,16 +130,6 @@ def subtraction_labels(pair: PairOnGrid, k: float, min_mm3: float) -> np.ndarray
     return keep[labels].astype(np.uint8)
 
 
-def on_grid_of(image: sitk.Image, spacing_mm: float, shift_mm: float = 0.0) -> sitk.Image:
-    """``image`` resampled (linearly) onto an isotropic grid of ``spacing_mm``, its origin moved
-    ``shift_mm`` along each of the image's axes."""
-    size = [round(n * s / spacing_mm) for n, s in zip(image.GetSize(), image.GetSpacing(), strict=True)]
-    origin = np.array(image.GetOrigin()) + np.array(image.GetDirection()).reshape(3, 3) @ np.full(3, shift_mm)
-    return sitk.Resample(
-        image, size, sitk.Transform(), sitk.sitkLinear, tuple(origin), (spacing_mm,) * 3, image.GetDirection(), 0.0, sitk.sitkFloat32
-    )
-
-
 def moved_on_own_grid(image: sitk.Image) -> sitk.Image:
     """``image`` turned by about 2 degrees and shifted 3 mm, resampled on its own grid."""
     motion = sitk.Euler3DTransform()
@@ -161,10 +152,10 @@ def no_change_pairs(scan: sitk.Image) -> dict[str, tuple[sitk.Image, sitk.Image]
     """(baseline, follow-up) pairs of one scan in which nothing changed."""
     scan = sitk.Cast(scan, sitk.sitkFloat32)
     return {
-        "resampled half a voxel off, 2.5 mm grid": (on_grid_of(scan, 2.5, 1.25), on_grid_of(scan, 2.5)),
+        "resampled half a voxel off, 2.5 mm grid": (on_isotropic_grid(scan, 2.5, 1.25), on_isotropic_grid(scan, 2.5)),
         "moved 2 degrees, 3 mm": (moved_on_own_grid(scan), scan),
         "intensities 0.6 x + 100": (scan * 0.6 + 100.0, scan),
-        "z-scored copy, 2.5 mm grid": (on_grid_of(z_scored(scan), 2.5), on_grid_of(z_scored(scan), 2.5)),
+        "z-scored copy, 2.5 mm grid": (on_isotropic_grid(z_scored(scan), 2.5), on_isotropic_grid(z_scored(scan), 2.5)),
     }
 
 

@@ -667,12 +667,6 @@ def case_compare_interrupted() -> None:
 # -- round 3: comparisons without change, pairs that resume, calibration, presets, the worker -----
 
 
-def _iso(image: sitk.Image, spacing_mm: float, shift_mm: float = 0.0) -> sitk.Image:
-    size = [round(n * s / spacing_mm) for n, s in zip(image.GetSize(), image.GetSpacing(), strict=True)]
-    origin = np.array(image.GetOrigin()) + np.array(image.GetDirection()).reshape(3, 3) @ np.full(3, shift_mm)
-    return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, tuple(origin), (spacing_mm,) * 3, image.GetDirection(), 0.0, sitk.sitkFloat32)
-
-
 def _no_new_lesion(baseline: sitk.Image, followup: sitk.Image) -> None:
     sitk.WriteImage(baseline, str(WORK / "baseline.nrrd"))
     sitk.WriteImage(followup, str(WORK / "followup.nrrd"))
@@ -683,16 +677,20 @@ def _no_new_lesion(baseline: sitk.Image, followup: sitk.Image) -> None:
 
 
 def case_compare_half_voxel_off() -> None:
+    from ssae.preprocessing.pair_registration import on_isotropic_grid
+
     scan = sitk.Cast(sitk.ReadImage(str(FLAIR)), sitk.sitkFloat32)
-    _no_new_lesion(_iso(scan, 2.5, 1.25), _iso(scan, 2.5))
+    _no_new_lesion(on_isotropic_grid(scan, 2.5, 1.25), on_isotropic_grid(scan, 2.5))
 
 
 def case_compare_z_scored_copy() -> None:
+    from ssae.preprocessing.pair_registration import on_isotropic_grid
+
     scan = sitk.Cast(sitk.ReadImage(str(FLAIR)), sitk.sitkFloat32)
     values = sitk.GetArrayFromImage(scan)
     scored = sitk.GetImageFromArray((values - values.mean()) / values.std())
     scored.CopyInformation(scan)
-    _no_new_lesion(_iso(scored, 2.5), _iso(scored, 2.5))
+    _no_new_lesion(on_isotropic_grid(scored, 2.5), on_isotropic_grid(scored, 2.5))
 
 
 def _pairs_folder() -> Path:

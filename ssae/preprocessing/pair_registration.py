@@ -103,10 +103,15 @@ def _centroid(mask: sitk.Image) -> np.ndarray:
     return np.array(statistics.GetCentroid(1))
 
 
-def _isotropic(image: sitk.Image, spacing: float) -> sitk.Image:
-    size = [max(8, int(round(n * s / spacing))) for n, s in zip(image.GetSize(), image.GetSpacing())]
+def on_isotropic_grid(image: sitk.Image, spacing_mm: float, shift_mm: float = 0.0) -> sitk.Image:
+    """``image`` resampled linearly (float32) onto an isotropic grid of ``spacing_mm``, same
+    orientation and extent (at least 8 voxels a side), its origin moved ``shift_mm`` along each of
+    the image's axes. Pairs are registered on such grids; the tests and benches also build their
+    no-change pairs with it (a scan and itself half a voxel off)."""
+    size = [max(8, round(n * s / spacing_mm)) for n, s in zip(image.GetSize(), image.GetSpacing(), strict=True)]
+    origin = np.array(image.GetOrigin()) + np.array(image.GetDirection()).reshape(3, 3) @ np.full(3, shift_mm)
     return sitk.Resample(
-        image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), [spacing] * 3, image.GetDirection(), 0.0, sitk.sitkFloat32
+        image, size, sitk.Transform(), sitk.sitkLinear, tuple(origin.tolist()), [spacing_mm] * 3, image.GetDirection(), 0.0, sitk.sitkFloat32
     )
 
 
@@ -138,8 +143,8 @@ def register_pair(
 ) -> PairAlignment:
     """Rigid baseline-onto-follow-up registration (see the module doc) and its checks."""
     started = time.perf_counter()
-    fixed = _isotropic(followup, REGISTRATION_SPACING_MM)
-    moving = _isotropic(baseline, REGISTRATION_SPACING_MM)
+    fixed = on_isotropic_grid(followup, REGISTRATION_SPACING_MM)
+    moving = on_isotropic_grid(baseline, REGISTRATION_SPACING_MM)
     region = sitk.Resample(
         sitk.BinaryDilate(sitk.Cast(followup_brain > 0, sitk.sitkUInt8), [3, 3, 1]), fixed, sitk.Transform(), sitk.sitkNearestNeighbor
     )
