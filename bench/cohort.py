@@ -127,12 +127,13 @@ def engine_figures(launched: float, ended: float, tasks: list[dict[str, float]])
         gaps += [later["started"] - earlier["finished"] for earlier, later in itertools.pairwise(mine)]
         last_ends.append(mine[-1]["finished"])
     gap_s = statistics.mean(gaps) if gaps else float("nan")
+    mean_scan_s = statistics.mean(scan_s)
     return {
         "wall_s": ended - launched,
         "first_start_s": min(t["started"] for t in tasks) - launched,
-        "scan_s": statistics.mean(scan_s),
+        "scan_s": mean_scan_s,
         "gap_s": gap_s,
-        "running_per_hour": len(workers) * 3600.0 / (statistics.mean(scan_s) + (0.0 if np.isnan(gap_s) else gap_s)),
+        "running_per_hour": len(workers) * 3600.0 / (mean_scan_s + (0.0 if np.isnan(gap_s) else gap_s)),
         "idle_tail_s": max(last_ends) - min(last_ends),
         "close_s": ended - max(last_ends),
         "workers": len(workers),
